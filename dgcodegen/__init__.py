@@ -1,0 +1,30 @@
+"""dgcodegen: exact discrete gradients of symbolic losses, compiled into Numba solvers.
+
+Stages, each owned by one module, with data flowing one way:
+
+1. declare (`dsl`): parameters, data columns and the loss;
+2. derive (`derive`): gradient, discrete gradients and their Jacobians;
+3. lower (`lower`): common subexpressions and reductions into kernel descriptions;
+4. emit (`emit`, `printer`): Jinja templates render Numba modules, written atomically;
+5. run (`stepper`, `runtime`): the implicit discrete gradient stepper.
+"""
+
+import logging
+
+from .dsl import Loss, data, parameter
+from .errors import DgcodegenError, SpecError
+from .functions import sigmoid, softplus
+
+__version__ = "0.1.0"
+
+logging.getLogger("dgcodegen").addHandler(logging.NullHandler())
+
+__all__ = [
+    "DgcodegenError",
+    "Loss",
+    "SpecError",
+    "data",
+    "parameter",
+    "sigmoid",
+    "softplus",
+]

@@ -1,0 +1,394 @@
+"""Declare: the DSL that builds a problem, and its input validation.
+
+A spec declares parameters and data columns, then binds a `Loss` to the name
+`problem`. Every entry of a parameter or data column is a real SymPy symbol, so
+the loss is an ordinary SymPy expression::
+
+    w = dg.parameter("w", 30)
+    b = dg.parameter("b")
+    x = dg.data("x", 30)
+    y = dg.data("y")
+    problem = dg.Loss(per_sample=dg.softplus(-y * (w.dot(x) + b)), regularizer=w.dot(w) / 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from .errors import SpecError
+from .functions import sigmoid, softplus
+
+Shape = tuple[int, ...]
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*$")
+
+SUPPORTED_FUNCTIONS: tuple[type, ...] = (
+    sp.exp,
+    sp.log,
+    sp.sin,
+    sp.cos,
+    sp.tan,
+    sp.tanh,
+    sp.sinh,
+    sp.cosh,
+    sp.atan,
+    sp.asinh,
+    sp.erf,
+    sp.Abs,
+    sp.sign,
+    sp.Max,
+    sp.Min,
+    sp.Heaviside,
+    sp.Piecewise,
+    softplus,
+    sigmoid,
+)
+"""Functions that may appear in a loss; each has a kernel implementation."""
+
+
+class _Declared(sp.Symbol):
+    """Real symbol for one entry of a declared parameter or data column."""
+
+    def __new__(cls, name: str) -> _Declared:
+        return super().__new__(cls, name, real=True)
+
+
+class ParameterSymbol(_Declared):
+    """Entry of a parameter."""
+
+
+class DataSymbol(_Declared):
+    """Entry of a per-sample data column."""
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """A named parameter or data column of a given shape."""
+
+    name: str
+    shape: Shape
+    kind: str  # "parameter" or "data"
+    symbols: tuple[sp.Symbol, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def value(self) -> sp.Expr | sp.ImmutableMatrix:
+        """Return the symbol (scalar) or the matrix of symbols the spec works with."""
+        if self.shape == ():
+            return self.symbols[0]
+        rows = self.shape[0]
+        cols = self.shape[1] if len(self.shape) == 2 else 1
+        return sp.ImmutableMatrix(rows, cols, list(self.symbols))
+
+
+_REGISTRY: dict[sp.Symbol, Declaration] = {}
+
+
+def _normalize_shape(name: str, shape: int | tuple[int, ...] | None, max_rank: int) -> Shape:
+    if shape is None:
+        return ()
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    shape = tuple(shape)
+    if len(shape) > max_rank:
+        raise SpecError(
+            f"{name!r} has shape {shape}, of rank {len(shape)}; declare at most rank {max_rank}"
+        )
+    for extent in shape:
+        if not isinstance(extent, (int, np.integer)) or extent < 1:
+            raise SpecError(f"{name!r} has shape {shape}; every extent must be a positive integer")
+    return tuple(int(extent) for extent in shape)
+
+
+def _declare(name: str, shape: Shape, kind: str, symbol_class: type[_Declared]) -> Declaration:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SpecError(
+            f"invalid {kind} name {name!r}: use letters and digits, starting with a letter, "
+            "with single underscores between parts"
+        )
+    if shape == ():
+        names = [name]
+    else:
+        names = [f"{name}[{', '.join(map(str, index))}]" for index in np.ndindex(*shape)]
+    declaration = Declaration(name, shape, kind, tuple(symbol_class(n) for n in names))
+    for symbol in declaration.symbols:
+        _REGISTRY[symbol] = declaration
+    return declaration
+
+
+def parameter(name: str, shape: int | tuple[int, ...] | None = None) -> Any:
+    """Declare a real parameter: a scalar, a vector (`shape=n`) or a matrix (`shape=(m, n)`).
+
+    Returns a SymPy symbol for a scalar and an immutable SymPy matrix (a column for a
+    vector) otherwise.
+    """
+    return _declare(name, _normalize_shape(name, shape, 2), "parameter", ParameterSymbol).value()
+
+
+def data(name: str, shape: int | tuple[int, ...] | None = None) -> Any:
+    """Declare a data column with one scalar (`shape=None`) or vector (`shape=n`) per sample."""
+    return _declare(name, _normalize_shape(name, shape, 1), "data", DataSymbol).value()
+
+
+def declaration_of(symbol: sp.Symbol) -> Declaration:
+    """Return the declaration that owns `symbol`, or raise SpecError for an unknown one."""
+    try:
+        return _REGISTRY[symbol]
+    except KeyError:
+        raise SpecError(
+            f"unknown symbol {symbol.name!r}: declare it with dg.parameter({symbol.name!r}) "
+            f"or dg.data({symbol.name!r})"
+        ) from None
+
+
+def _as_scalar(expr: Any, what: str) -> sp.Expr:
+    if isinstance(expr, sp.MatrixBase):
+        if expr.shape != (1, 1):
+            raise SpecError(f"{what} must be a scalar, but it is a matrix of shape {expr.shape}")
+        expr = expr[0, 0]
+    try:
+        expr = sp.sympify(expr)
+    except sp.SympifyError as error:
+        raise SpecError(f"{what} is not a SymPy expression: {expr!r}") from error
+    if not isinstance(expr, sp.Expr):
+        raise SpecError(f"{what} must be a scalar expression, got {type(expr).__name__}")
+    return expr
+
+
+def _check_functions(expr: sp.Expr, what: str) -> None:
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, (sp.Derivative, sp.Integral, sp.Subs)):
+            raise SpecError(f"{what} contains the unevaluated {type(node).__name__} {node}")
+        if isinstance(node, sp.Function) and not isinstance(node, SUPPORTED_FUNCTIONS):
+            names = ", ".join(sorted(f.__name__ for f in SUPPORTED_FUNCTIONS))
+            raise SpecError(
+                f"{what} uses the unsupported function {type(node).__name__!s} in {node}; "
+                f"supported functions: {names}"
+            )
+        if node.is_number and node.is_real is False and node.is_finite is not False:
+            raise SpecError(f"{what} contains the non-real number {node}")
+        if node in (sp.oo, -sp.oo, sp.zoo, sp.nan):
+            raise SpecError(f"{what} contains the non-finite value {node}")
+
+
+@dataclass
+class Loss:
+    """A loss `reduction_i per_sample(params, data_i) + regularizer(params)`.
+
+    Args:
+        objective: data-free loss `V(params)`, for problems without data.
+        per_sample: term evaluated for each sample; may use data columns.
+        reduction: "sum" or "mean" over samples.
+        regularizer: data-free term added to the reduced per-sample term.
+        data: default data, a mapping from data-column name to an array with one row
+            per sample.
+        initial: starting point, a mapping from parameter name to an array; missing
+            parameters start at zero.
+        name: identifier for generated code; the spec's file name by default.
+    """
+
+    objective: Any = 0
+    per_sample: Any = None
+    reduction: str = "sum"
+    regularizer: Any = None
+    data: dict[str, Any] | None = None
+    initial: dict[str, Any] | None = None
+    name: str | None = None
+    parameters: list[Declaration] = field(init=False)
+    columns: list[Declaration] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("sum", "mean"):
+            raise SpecError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
+        objective = _as_scalar(self.objective, "the objective")
+        regularizer = _as_scalar(self.regularizer or 0, "the regularizer")
+        if objective != 0 and regularizer != 0:
+            raise SpecError("give either objective or regularizer (both are the data-free term)")
+        self.free_term = objective + regularizer
+        self.sample_term = _as_scalar(self.per_sample or 0, "the per-sample term")
+        self._collect_declarations()
+        self._check_terms()
+        self.default_data = self.validate_data(self.data) if self.data is not None else None
+        self.initial_point = self._initial_vector(self.initial or {})
+
+    def _collect_declarations(self) -> None:
+        declarations: list[Declaration] = []
+        for expr in (self.sample_term, self.free_term):
+            for symbol in sorted(expr.free_symbols, key=lambda s: s.name):
+                declaration = declaration_of(symbol)
+                if declaration not in declarations:
+                    declarations.append(declaration)
+        self.parameters = sorted(
+            (d for d in declarations if d.kind == "parameter"), key=lambda d: d.name
+        )
+        self.columns = sorted((d for d in declarations if d.kind == "data"), key=lambda d: d.name)
+        if not self.parameters:
+            raise SpecError("the loss depends on no parameter; declare one with dg.parameter")
+        names = [d.name for d in self.parameters + self.columns]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SpecError(f"the name {duplicates[0]!r} is declared twice with different shapes")
+
+    def _check_terms(self) -> None:
+        data_in_free = [s.name for s in self.free_term.free_symbols if isinstance(s, DataSymbol)]
+        if data_in_free:
+            raise SpecError(
+                f"the data-free term uses the data symbol {sorted(data_in_free)[0]!r}; "
+                "move that part into per_sample"
+            )
+        _check_functions(self.sample_term, "the per-sample term")
+        _check_functions(self.free_term, "the data-free term")
+        if self.columns and self.sample_term == 0:
+            raise SpecError("data columns are declared but there is no per-sample term")
+
+    @property
+    def parameter_symbols(self) -> list[sp.Symbol]:
+        """All parameter entries, flattened in declaration order (row-major)."""
+        return [s for d in self.parameters for s in d.symbols]
+
+    @property
+    def data_symbols(self) -> list[list[sp.Symbol]]:
+        """Entries of each data column, in column order."""
+        return [list(d.symbols) for d in self.columns]
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.columns)
+
+    def validate_data(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Check data arrays against the declared columns and return them as 2-D float64.
+
+        Raises:
+            SpecError: for a missing or unknown column, a wrong shape, unequal sample
+                counts, or a `nan`/`inf` entry.
+        """
+        if not self.columns:
+            if arrays:
+                raise SpecError(f"the loss declares no data columns, but data for {sorted(arrays)}")
+            return {}
+        unknown = sorted(set(arrays) - {d.name for d in self.columns})
+        if unknown:
+            raise SpecError(f"data given for the undeclared column {unknown[0]!r}")
+        result: dict[str, np.ndarray] = {}
+        for column in self.columns:
+            if column.name not in arrays:
+                raise SpecError(f"missing data for the column {column.name!r}")
+            result[column.name] = _column_array(column, arrays[column.name])
+        counts = {name: len(array) for name, array in result.items()}
+        if len(set(counts.values())) > 1:
+            raise SpecError(f"data columns have different sample counts: {counts}")
+        if next(iter(counts.values())) == 0:
+            raise SpecError("the data has no samples")
+        return result
+
+    def _initial_vector(self, initial: dict[str, Any]) -> np.ndarray:
+        names = {d.name: d for d in self.parameters}
+        unknown = sorted(set(initial) - set(names))
+        if unknown:
+            raise SpecError(f"initial value given for the unknown parameter {unknown[0]!r}")
+        parts = []
+        for declaration in self.parameters:
+            value = np.asarray(initial.get(declaration.name, 0.0), dtype=np.float64)
+            if value.shape != declaration.shape and value.size == declaration.size:
+                value = value.reshape(declaration.shape)
+            if value.shape != declaration.shape and value.shape != ():
+                raise SpecError(
+                    f"initial value of {declaration.name!r} has shape {value.shape}, "
+                    f"expected {declaration.shape}"
+                )
+            value = np.broadcast_to(value, declaration.shape)
+            if not np.all(np.isfinite(value)):
+                raise SpecError(f"initial value of {declaration.name!r} is not finite")
+            parts.append(value.ravel())
+        return np.concatenate(parts).astype(np.float64)
+
+    def split_parameters(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Split a flat parameter vector into arrays named and shaped as declared."""
+        result, offset = {}, 0
+        for declaration in self.parameters:
+            part = vector[offset : offset + declaration.size]
+            result[declaration.name] = part.reshape(declaration.shape)
+            offset += declaration.size
+        return result
+
+    def fingerprint(self) -> str:
+        """Return a hash of everything that determines the generated code."""
+        text = "\n".join(
+            [
+                self.reduction,
+                sp.srepr(self.sample_term),
+                sp.srepr(self.free_term),
+                repr([(d.name, d.shape, d.kind) for d in self.parameters + self.columns]),
+            ]
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _column_array(column: Declaration, values: Any) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"data for {column.name!r} is not numeric: {error}") from error
+    expected = column.shape
+    if expected == () and array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1 + len(expected) or array.shape[1:] != expected:
+        want = "(n_samples,)" if expected == () else f"(n_samples, {expected[0]})"
+        raise SpecError(
+            f"data for {column.name!r} has shape {array.shape}, expected {want} "
+            f"as declared by dg.data({column.name!r}{', ' + str(expected[0]) if expected else ''})"
+        )
+    bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+    if bad.size:
+        raise SpecError(
+            f"data for {column.name!r} contains nan or inf in {bad.size} sample(s), "
+            f"first at row {bad[0]}; remove or impute those rows"
+        )
+    return np.ascontiguousarray(array.reshape(len(array), -1))
+
+
+def load_spec(path: str | Path) -> Loss:
+    """Execute a Python spec file and return the problem it binds to `problem`.
+
+    Raises:
+        SpecError: when the file is missing, fails to run, or binds no Loss.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    module_name = f"_dgcodegen_spec_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"cannot load {path} as a Python module; the spec must be a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SpecError:
+        raise
+    except Exception as error:
+        raise SpecError(f"running the spec {path} failed: {type(error).__name__}: {error}") from error
+    finally:
+        sys.modules.pop(module_name, None)
+    problem = getattr(module, "problem", None)
+    if not isinstance(problem, Loss):
+        raise SpecError(
+            f"{path} must bind a dg.Loss to the name 'problem', found {type(problem).__name__}"
+        )
+    if problem.name is None:
+        problem.name = path.stem
+    if not NAME_PATTERN.match(problem.name):
+        raise SpecError(f"problem name {problem.name!r} is not a valid identifier; pass name=...")
+    return problem

@@ -1,0 +1,429 @@
+"""Run: the implicit discrete gradient stepper.
+
+Each step solves `F(y) = y - x + tau * DG(x, y) = 0` for `y` by Newton's method. Because
+`DG(x, y) . (y - x) = V(y) - V(x)`, an exact solve lowers the loss by `|y - x|^2 / tau` for
+every `tau > 0`. The stepper takes plain callables: the compiled Numba kernels partially applied
+to their data, or hand-written NumPy functions. A try whose Newton solve misses the tolerance,
+meets a non-finite value or a singular Newton matrix, or raises the loss is rejected, and
+`tau` shrinks before the step is retried from the same point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from .errors import SolverError, SpecError
+
+logger = logging.getLogger("dgcodegen")
+
+LossFunction = Callable[[np.ndarray], float]
+GradientFunction = Callable[[np.ndarray], np.ndarray]
+PairFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ProgressCallback = Callable[[int, float, float], None]
+
+MAX_HALVINGS = 10
+"""Maximum number of times the line search halves a Newton update."""
+
+LOSS_INCREASE_SLACK = 1e-12
+"""A try is rejected when `V(y) > V(x) + LOSS_INCREASE_SLACK * max(1, |V(x)|)` and `y != x`."""
+
+STATIONARY_STEP = 1e-15
+"""A step shorter than `STATIONARY_STEP * max(1, |x|)` ends the run when it also changes the loss
+by at most `4 * eps * max(1, |V(x)|)`, a change at rounding level."""
+
+DIVERGENCE_LOSS = 1e300
+"""`gradient_descent` reports divergence once the loss exceeds this value."""
+
+
+@dataclass
+class StepperOptions:
+    """Step-size schedule and tolerances of `discrete_gradient_descent`.
+
+    Attributes:
+        step: Initial step size tau, > 0.
+        schedule: "fixed" changes tau only when a try is rejected, "grow" also multiplies
+            it by `growth` after each accepted step.
+        growth: Factor applied to tau after each accepted step of the "grow" schedule.
+        max_step: Upper bound on tau in the "grow" schedule. A larger tau is not always faster:
+            on a quadratic the mean-value step multiplies the error by the Cayley transform
+            `(I + tau A / 2)^-1 (I - tau A / 2)`, whose eigenvalues tend to -1 as tau grows.
+        shrink: Factor applied to tau after a rejected try, in (0, 1).
+        min_step: The run raises `SolverError` once tau falls below `min_step * step`.
+        tol: The run has converged when `|grad V(x)| <= tol * max(1, |V(x)|)`.
+        max_steps: Maximum number of accepted steps.
+        newton_rtol: Relative part of the Newton tolerance
+            `|F(y)| <= newton_rtol * |y - x| + newton_atol * max(1, |x|)`.
+        newton_atol: Absolute part of the Newton tolerance, scaled by `max(1, |x|)`.
+        newton_max_iter: Maximum number of Newton updates per try.
+    """
+
+    step: float
+    schedule: str = "fixed"
+    growth: float = 2.0
+    max_step: float = 1e8
+    shrink: float = 0.25
+    min_step: float = 1e-14
+    tol: float = 1e-8
+    max_steps: int = 1000
+    newton_rtol: float = 1e-10
+    newton_atol: float = 1e-13
+    newton_max_iter: int = 30
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.step) and self.step > 0):
+            raise SpecError(f"invalid step {self.step!r}: the step size must be finite and > 0")
+        if self.schedule not in ("fixed", "grow"):
+            raise SpecError(f"invalid schedule {self.schedule!r}: use 'fixed' or 'grow'")
+        if self.schedule == "grow" and not (self.growth >= 1 and self.max_step >= self.step):
+            raise SpecError(
+                f"invalid growth {self.growth!r} or max_step {self.max_step!r}: the 'grow' "
+                "schedule needs growth >= 1 and max_step >= step"
+            )
+        if not 0 < self.shrink < 1:
+            raise SpecError(f"invalid shrink {self.shrink!r}: it must lie in (0, 1)")
+        if not self.min_step > 0:
+            raise SpecError(f"invalid min_step {self.min_step!r}: it must be > 0")
+        if not (self.tol >= 0 and self.max_steps >= 0):
+            raise SpecError(
+                f"invalid tol {self.tol!r} or max_steps {self.max_steps!r}: both must be >= 0"
+            )
+        if self.newton_max_iter < 1:
+            raise SpecError(f"invalid newton_max_iter {self.newton_max_iter!r}: it must be >= 1")
+
+
+@dataclass
+class History:
+    """Records of the accepted steps of a run, one entry per step in every list.
+
+    Attributes:
+        loss: Loss `V(y)` after the step.
+        step: Step size tau of the step.
+        step_norm: `|y - x|`.
+        newton_iterations: Number of Newton updates of the accepted try.
+        residual: Final Newton residual `|F(y)|`.
+        energy_residual: `V(y) - V(x) + |y - x|^2 / tau`, zero for an exact solve.
+        rejected: Number of rejected tries before the accepted one.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    step: list[float] = field(default_factory=list)
+    step_norm: list[float] = field(default_factory=list)
+    newton_iterations: list[int] = field(default_factory=list)
+    residual: list[float] = field(default_factory=list)
+    energy_residual: list[float] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        """Return a copy of the records as a dict of lists keyed by field name."""
+        return {item.name: list(getattr(self, item.name)) for item in fields(self)}
+
+
+@dataclass
+class SolveResult:
+    """Outcome of `discrete_gradient_descent`: the final point and how the run ended."""
+
+    x: np.ndarray
+    loss: float
+    gradient_norm: float
+    converged: bool
+    steps: int
+    message: str
+    history: History
+
+
+@dataclass
+class _NewtonResult:
+    y: np.ndarray
+    residual: float
+    iterations: int
+    failure: str | None
+
+
+@dataclass
+class _Step:
+    y: np.ndarray
+    loss: float
+    gradient_norm: float
+    tau: float
+    newton: _NewtonResult
+    rejected: int
+
+
+def _norm(vector: np.ndarray) -> float:
+    return float(np.linalg.norm(vector))
+
+
+def _newton_residual(x: np.ndarray, y: np.ndarray, tau: float, dg: PairFunction) -> np.ndarray:
+    value = np.asarray(dg(x, y), dtype=float)
+    if value.shape != x.shape:
+        raise SpecError(f"discrete_gradient returned shape {value.shape}, expected {x.shape}")
+    return y - x + tau * value
+
+
+def _line_search(
+    x: np.ndarray, y: np.ndarray, update: np.ndarray, residual: float, tau: float, dg: PairFunction
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Halve the Newton update until `|F|` decreases. Return None if it never does."""
+    scale = 1.0
+    for _ in range(MAX_HALVINGS + 1):
+        trial = y + scale * update
+        trial_vector = _newton_residual(x, trial, tau, dg)
+        trial_residual = _norm(trial_vector)
+        if math.isfinite(trial_residual) and trial_residual < residual:
+            return trial, trial_vector, trial_residual
+        scale *= 0.5
+    return None
+
+
+def _newton_solve(
+    x: np.ndarray, tau: float, dg: PairFunction, jacobian: PairFunction, options: StepperOptions
+) -> _NewtonResult:
+    """Solve `y - x + tau * DG(x, y) = 0` from `y = x`. `failure` is None only on success."""
+    identity = np.eye(x.size)
+    atol = options.newton_atol * max(1.0, _norm(x))
+    y = x.copy()
+    residual_vector = _newton_residual(x, y, tau, dg)
+    residual = _norm(residual_vector)
+
+    for iteration in range(options.newton_max_iter + 1):
+        if not math.isfinite(residual):
+            return _NewtonResult(y, residual, iteration, "non-finite Newton residual")
+        # NOTE: the rounding error of F grows like eps * tau * |DG terms|, which this tolerance
+        # does not scale with. At large tau near a minimum a solve can miss it by rounding
+        # alone, and the stepper then rejects the try and shrinks tau.
+        if residual <= options.newton_rtol * _norm(y - x) + atol:
+            return _NewtonResult(y, residual, iteration, None)
+        if iteration == options.newton_max_iter:
+            break
+
+        matrix = identity + tau * np.asarray(jacobian(x, y), dtype=float)
+        if matrix.shape != identity.shape:
+            raise SpecError(f"jacobian returned shape {matrix.shape}, expected {identity.shape}")
+        if not np.all(np.isfinite(matrix)):
+            return _NewtonResult(y, residual, iteration, "non-finite Jacobian")
+        try:
+            update = np.linalg.solve(matrix, -residual_vector)
+        except np.linalg.LinAlgError:
+            return _NewtonResult(y, residual, iteration, "singular Newton matrix")
+
+        searched = _line_search(x, y, update, residual, tau, dg)
+        if searched is None:
+            return _NewtonResult(y, residual, iteration, "line search found no decrease of |F|")
+        y, residual_vector, residual = searched
+
+    failure = f"Newton not converged in {options.newton_max_iter} iterations"
+    return _NewtonResult(y, residual, options.newton_max_iter, failure)
+
+
+def _take_step(
+    x: np.ndarray,
+    value: float,
+    tau: float,
+    functions: tuple[LossFunction, GradientFunction, PairFunction, PairFunction],
+    options: StepperOptions,
+) -> _Step:
+    """Try `tau`, shrinking it after each rejected try, until a try is accepted.
+
+    Raises:
+        SolverError: tau fell below `options.min_step * options.step`.
+    """
+    loss, gradient, dg, jacobian = functions
+    first_tau = tau
+    rejected = 0
+    while True:
+        newton = _newton_solve(x, tau, dg, jacobian, options)
+        failure = newton.failure
+        if failure is None:
+            new_value = float(loss(newton.y))
+            new_gradient_norm = _norm(gradient(newton.y))
+            failure = _check_accepted(x, value, newton.y, new_value, new_gradient_norm)
+        if failure is None:
+            return _Step(newton.y, new_value, new_gradient_norm, tau, newton, rejected)
+
+        logger.debug("rejected tau = %.3e: %s, residual %.3e", tau, failure, newton.residual)
+        rejected += 1
+        if tau * options.shrink < options.min_step * options.step:
+            raise SolverError(
+                f"implicit step failed for every tau from {first_tau:.3e} down to {tau:.3e}. The "
+                f"last try at tau = {tau:.3e} ended with {failure} (Newton residual "
+                f"{newton.residual:.3e}, loss {value:.6e}). Check that jacobian is the derivative "
+                "of discrete_gradient with respect to y and that both are finite near x, or "
+                "raise newton_max_iter or lower min_step."
+            )
+        tau *= options.shrink
+
+
+def _check_accepted(
+    x: np.ndarray, value: float, y: np.ndarray, new_value: float, new_gradient_norm: float
+) -> str | None:
+    """Return why a solved try must be rejected, or None if it can be accepted."""
+    if not math.isfinite(new_value):
+        return f"non-finite loss {new_value} at y"
+    increase = new_value - value
+    if increase > LOSS_INCREASE_SLACK * max(1.0, abs(value)) and not np.array_equal(x, y):
+        return f"loss increase {increase:.3e}"
+    if not math.isfinite(new_gradient_norm):
+        return "non-finite gradient at y"
+    return None
+
+
+def _is_converged(gradient_norm: float, value: float, tol: float) -> bool:
+    return gradient_norm <= tol * max(1.0, abs(value))
+
+
+def discrete_gradient_descent(
+    loss: LossFunction,
+    gradient: GradientFunction,
+    discrete_gradient: PairFunction,
+    jacobian: PairFunction,
+    x0: np.ndarray,
+    options: StepperOptions,
+    progress: ProgressCallback | None = None,
+) -> SolveResult:
+    """Minimise a loss with the implicit discrete gradient method `y = x - tau * DG(x, y)`.
+
+    Args:
+        loss: `V(x)`, a float.
+        gradient: `grad V(x)`, shape (n,).
+        discrete_gradient: `DG(x, y)`, shape (n,), with `DG(x, y) . (y - x) = V(y) - V(x)`
+            and `DG(x, x) = grad V(x)`.
+        jacobian: `d DG(x, y) / d y`, shape (n, n).
+        x0: Starting point, shape (n,).
+        options: Step-size schedule and tolerances.
+        progress: Called as `progress(steps, loss, tau)` after each accepted step, with the
+            number of accepted steps so far and the tau of the last step.
+
+    Returns:
+        The final point. `converged` is True when the gradient test of `options.tol` passed
+        or the last step left x and the loss unchanged ("loss stationary" in `message`).
+
+    Raises:
+        SolverError: The loss or gradient at x0 is not finite, or no tau above
+            `min_step * step` gave an accepted step.
+        SpecError: x0 is not a vector, or a callable returned an array of the wrong shape.
+    """
+    start = time.perf_counter()
+    x = np.array(x0, dtype=float)
+    if x.ndim != 1:
+        raise SpecError(f"invalid x0 shape {x.shape}: expected a 1-D parameter vector")
+    value = float(loss(x))
+    gradient_norm = _norm(gradient(x))
+    if not (math.isfinite(value) and math.isfinite(gradient_norm)):
+        raise SolverError(
+            f"loss {value} or gradient norm {gradient_norm} at x0 is not finite. "
+            "Start from a point where both are finite."
+        )
+
+    functions = (loss, gradient, discrete_gradient, jacobian)
+    history = History()
+    tau = options.step
+    converged = _is_converged(gradient_norm, value, options.tol)
+    stationary = False
+    while not (converged or stationary) and len(history.loss) < options.max_steps:
+        step = _take_step(x, value, tau, functions, options)
+        step_norm = _norm(step.y - x)
+        change = step.loss - value
+        energy_residual = change + step_norm**2 / step.tau
+        _record(history, step, step_norm, energy_residual)
+        logger.debug(
+            "step %d: loss %.10e, tau %.3e, |y - x| %.3e, %d Newton iterations, residual %.3e, "
+            "energy residual %.3e, %d rejected",
+            len(history.loss), step.loss, step.tau, step_norm, step.newton.iterations,
+            step.newton.residual, energy_residual, step.rejected,
+        )  # fmt: skip
+
+        stationary = _is_stationary(x, value, step_norm, change)
+        x, value, gradient_norm = step.y, step.loss, step.gradient_norm
+        if progress is not None:
+            progress(len(history.loss), value, step.tau)
+        tau = step.tau
+        if options.schedule == "grow":
+            tau = min(tau * options.growth, options.max_step)
+        converged = _is_converged(gradient_norm, value, options.tol)
+
+    steps = len(history.loss)
+    threshold = options.tol * max(1.0, abs(value))
+    if converged:
+        message = f"converged: gradient norm {gradient_norm:.3e} <= {threshold:.3e}"
+    elif stationary:
+        converged = True
+        message = _stationary_message(gradient_norm, threshold, history.step[-1])
+    else:
+        message = (
+            f"max_steps = {options.max_steps} reached before convergence: gradient norm "
+            f"{gradient_norm:.3e} > {threshold:.3e}"
+        )
+    logger.info(
+        "discrete gradient descent finished in %.3f s after %d steps and %d rejected tries (%s)",
+        time.perf_counter() - start, steps, sum(history.rejected), message,
+    )  # fmt: skip
+    return SolveResult(x, value, gradient_norm, converged, steps, message, history)
+
+
+def _is_stationary(x: np.ndarray, value: float, step_norm: float, change: float) -> bool:
+    # NOTE: a try accepted at y = x because tau * |grad V(x)| is within the Newton atol also
+    # counts as stationary, so a run with a tiny tau can end converged with a gradient norm
+    # above tol. _stationary_message states the gradient norm and logs a warning then.
+    short_step = step_norm <= STATIONARY_STEP * max(1.0, _norm(x))
+    return short_step and abs(change) <= 4 * np.finfo(float).eps * max(1.0, abs(value))
+
+
+def _stationary_message(gradient_norm: float, threshold: float, tau: float) -> str:
+    if gradient_norm > threshold:
+        logger.warning(
+            "loss stationary at tau = %.3e with gradient norm %.3e above %.3e: the step may be "
+            "below the Newton tolerance rather than at a minimum",
+            tau, gradient_norm, threshold,
+        )  # fmt: skip
+    return (
+        f"loss stationary: the last step moved x by at most {STATIONARY_STEP:g} * max(1, |x|) "
+        f"and left the loss unchanged, with gradient norm {gradient_norm:.3e}"
+    )
+
+
+def _record(history: History, step: _Step, step_norm: float, energy_residual: float) -> None:
+    history.loss.append(step.loss)
+    history.step.append(step.tau)
+    history.step_norm.append(step_norm)
+    history.newton_iterations.append(step.newton.iterations)
+    history.residual.append(step.newton.residual)
+    history.energy_residual.append(energy_residual)
+    history.rejected.append(step.rejected)
+
+
+def gradient_descent(
+    loss: LossFunction, gradient: GradientFunction, x0: np.ndarray, step: float, max_steps: int
+) -> dict[str, object]:
+    """Run explicit gradient descent `x <- x - step * grad V(x)`, for comparison.
+
+    Returns:
+        A dict with "loss" (the loss at x0, then after each step), "diverged" (True when the
+        loss became non-finite or exceeded `DIVERGENCE_LOSS`) and "x" (the last iterate).
+        A step to a non-finite loss is neither stored in "loss" nor taken.
+    """
+    x = np.array(x0, dtype=float)
+    losses = [float(loss(x))]
+    if not math.isfinite(losses[0]) or losses[0] > DIVERGENCE_LOSS:
+        return {"loss": losses, "diverged": True, "x": x}
+
+    diverged = False
+    # Overflow is the expected outcome of a diverging run, and the loop checks for it.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(max_steps):
+            candidate = x - step * np.asarray(gradient(x), dtype=float)
+            value = float(loss(candidate))
+            if not math.isfinite(value):
+                diverged = True
+                break
+            x = candidate
+            losses.append(value)
+            if value > DIVERGENCE_LOSS:
+                diverged = True
+                break
+    return {"loss": losses, "diverged": diverged, "x": x}
