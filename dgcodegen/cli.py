@@ -1,0 +1,142 @@
+"""Command line: `dgcodegen demo`, `dgcodegen generate SPEC` and `dgcodegen solve SPEC`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import DgcodegenError
+from .runtime import METHODS
+
+log = logging.getLogger("dgcodegen")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a finite number > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgcodegen",
+        description="Derive exact discrete gradients of a symbolic loss, generate Numba "
+        "kernels, and train with the implicit discrete gradient method.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train logistic regression on breast cancer data")
+    demo.add_argument("--json", type=Path, help="write the run and the comparison to this JSON file")
+    demo.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
+
+    generate = commands.add_parser("generate", help="derive and render the kernels of a spec")
+    generate.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
+    generate.add_argument("--out", type=Path, help="output folder (default: generated/<name>)")
+
+    solve = commands.add_parser("solve", help="train a spec with the discrete gradient method")
+    solve.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
+    solve.add_argument("--data", type=Path, help="data file (.npz or .csv); default: the spec's data")
+    solve.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
+    solve.add_argument("--step", type=_positive_float, default=1.0, help="step size tau (default 1)")
+    solve.add_argument(
+        "--schedule", choices=("fixed", "grow"), default="fixed",
+        help="keep tau fixed, or grow it by --growth after each accepted step",
+    )
+    solve.add_argument("--growth", type=_positive_float, default=2.0, help="growth factor of tau")
+    solve.add_argument("--max-step", type=_positive_float, default=1e8, help="upper bound on tau")
+    solve.add_argument(
+        "--tol", type=_positive_float, default=1e-8,
+        help="stop when |grad V| <= tol * max(1, |V|) (default 1e-8)",
+    )
+    solve.add_argument("--max-steps", type=_positive_int, default=1000, help="maximum steps")
+    solve.add_argument("--out", type=Path, help="folder for the generated kernels")
+    solve.add_argument("--json", type=Path, help="write the run to this JSON file")
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = getattr(logging, os.environ.get("DGCODEGEN_LOG_LEVEL", ""), level)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("numba").setLevel(logging.WARNING)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .dsl import load_spec
+    from .runtime import generate
+
+    problem = load_spec(args.spec)
+    out = args.out or Path("generated") / problem.name
+    directory = generate(problem, out)
+    print(f"wrote kernels of {problem.name!r} to {directory}")
+    return 0
+
+
+def _solve(args: argparse.Namespace, show_progress: bool) -> int:
+    from .dsl import load_spec
+    from .runtime import compile_problem
+    from .solve import read_data, report, train, write_json
+    from .stepper import StepperOptions
+
+    problem = load_spec(args.spec)
+    data = read_data(problem, args.data) if args.data else None
+    options = StepperOptions(
+        step=args.step,
+        schedule=args.schedule,
+        growth=args.growth,
+        max_step=max(args.max_step, args.step),
+        tol=args.tol,
+        max_steps=args.max_steps,
+    )
+    compiled = compile_problem(problem, data, args.out, show_progress, methods=(args.method,))
+    result = train(compiled, args.method, options, show_progress)
+    document = report(problem, args.method, options, result)
+    print(f"{problem.name}: {result.message}")
+    print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
+    for name, value in document["parameters"].items():
+        print(f"{name} = {value}")
+    if args.json:
+        write_json(document, args.json)
+        print(f"wrote {args.json}")
+    return 0 if result.converged else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return the exit code (1 for input errors)."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    show_progress = not args.quiet and sys.stderr.isatty()
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.json, args.method, show_progress)
+        if args.command == "generate":
+            return _generate(args)
+        return _solve(args, show_progress)
+    except DgcodegenError as error:
+        print(f"dgcodegen: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Build, load and bind the generated kernels of a problem.
+
+`compile_problem` runs the whole pipeline (derive, lower, render, write, import,
+compile) and returns a `CompiledProblem` whose methods take flat float64 parameter
+vectors, with the data bound once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+
+from .dsl import Loss
+from .emit import render, write_package
+from .errors import SpecError
+from .lower import lower
+
+log = logging.getLogger("dgcodegen")
+
+METHODS = ("mean-value", "gonzalez")
+"""Discrete gradients the runtime can use, as named on the command line."""
+
+_KERNEL_NAMES = {"mean-value": "mean_value", "gonzalez": "gonzalez"}
+
+
+def cache_directory() -> Path:
+    """Folder for generated kernels: `$DGCODEGEN_CACHE`, else the user cache folder."""
+    configured = os.environ.get("DGCODEGEN_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dgcodegen"
+
+
+def generate(problem: Loss, out: Path | None = None) -> Path:
+    """Derive and render the kernels of `problem` into `out` and return that folder.
+
+    Without `out`, the kernels go to a folder of the cache named after the problem and
+    a hash of the generated source, so a changed spec never reuses stale kernels.
+    """
+    started = time.perf_counter()
+    files = render(lower(problem), problem.fingerprint())
+    if out is None:
+        digest = hashlib.sha256(files["kernels.py"].encode()).hexdigest()[:16]
+        out = cache_directory() / f"{problem.name}-{digest}"
+    write_package(files, Path(out))
+    log.info("generated kernels of %r in %.2f s", problem.name, time.perf_counter() - started)
+    return Path(out)
+
+
+def load_kernels(directory: Path) -> ModuleType:
+    """Import the generated `kernels.py` in `directory` as a module."""
+    path = Path(directory) / "kernels.py"
+    if not path.is_file():
+        raise SpecError(f"no generated kernels at {path}; run `dgcodegen generate` first")
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    name = f"dgcodegen_kernels_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class CompiledProblem:
+    """Generated kernels of a problem with its data bound.
+
+    Args:
+        problem: the declared loss.
+        kernels: the imported generated module.
+        data: arrays by column name; the spec's default data when None.
+    """
+
+    def __init__(self, problem: Loss, kernels: ModuleType, data: dict[str, Any] | None) -> None:
+        self.problem = problem
+        self.kernels = kernels
+        if data is None:
+            data = problem.default_data or {}
+        validated = problem.validate_data(data)
+        if problem.has_data and not validated:
+            raise SpecError(f"the problem {problem.name!r} needs data: pass --data or a default")
+        self.data = tuple(validated[c.name] for c in problem.columns)
+        self.n = len(problem.parameter_symbols)
+
+    def _vector(self, value: np.ndarray, what: str) -> np.ndarray:
+        array = np.ascontiguousarray(value, dtype=np.float64)
+        if array.shape != (self.n,):
+            raise SpecError(f"{what} has shape {array.shape}, expected ({self.n},)")
+        return array
+
+    def loss(self, theta: np.ndarray) -> float:
+        return float(self.kernels.loss(self._vector(theta, "theta"), *self.data))
+
+    def gradient(self, theta: np.ndarray) -> np.ndarray:
+        return self.kernels.gradient(self._vector(theta, "theta"), *self.data)
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray:
+        return self.kernels.hessian(self._vector(theta, "theta"), *self.data)
+
+    def _pair_kernel(self, prefix: str, method: str) -> Callable[[np.ndarray, np.ndarray], Any]:
+        if method not in METHODS:
+            raise SpecError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        kernel = getattr(self.kernels, f"{prefix}_{_KERNEL_NAMES[method]}")
+        data = self.data
+
+        def evaluate(x: np.ndarray, y: np.ndarray) -> Any:
+            return kernel(self._vector(x, "x"), self._vector(y, "y"), *data)
+
+        return evaluate
+
+    def discrete_gradient(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Return `DG(x, y)` of the named method."""
+        return self._pair_kernel("dg", method)
+
+    def jacobian(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Return `d DG(x, y) / d y` of the named method."""
+        return self._pair_kernel("jac", method)
+
+    def warm_up(self, methods: tuple[str, ...] = METHODS, show_progress: bool = False) -> None:
+        """Compile (or load from Numba's cache) every kernel the methods use."""
+        started = time.perf_counter()
+        x = self.problem.initial_point.copy()
+        y = x + 1e-3
+        calls: list[tuple[str, Callable[[], Any]]] = [
+            ("loss", lambda: self.loss(x)),
+            ("gradient", lambda: self.gradient(x)),
+        ]
+        for method in methods:
+            dg, jac = self.discrete_gradient(method), self.jacobian(method)
+            calls.append((f"dg {method}", lambda dg=dg: (dg(x, y), dg(x, x))))
+            calls.append((f"jacobian {method}", lambda jac=jac: (jac(x, y), jac(x, x))))
+        for _label, call in _progress(calls, "compiling kernels", show_progress):
+            call()
+        log.info("compiled kernels in %.2f s", time.perf_counter() - started)
+
+
+def _progress(items: list, description: str, show: bool):  # noqa: ANN202 - iterator
+    if not show:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, unit="kernel", leave=False)
+
+
+def compile_problem(
+    problem: Loss,
+    data: dict[str, Any] | None = None,
+    out: Path | None = None,
+    show_progress: bool = False,
+    methods: tuple[str, ...] = METHODS,
+) -> CompiledProblem:
+    """Generate, import and compile the kernels of `problem`, with `data` bound."""
+    directory = generate(problem, out)
+    compiled = CompiledProblem(problem, load_kernels(directory), data)
+    compiled.warm_up(methods, show_progress)
+    return compiled
