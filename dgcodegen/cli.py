@@ -41,11 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         "kernels, and train with the implicit discrete gradient method.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG details")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, no progress bars")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings only, no progress bars"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train logistic regression on breast cancer data")
-    demo.add_argument("--json", type=Path, help="write the run and the comparison to this JSON file")
+    demo.add_argument(
+        "--json", type=Path, help="write the run and the comparison to this JSON file"
+    )
     demo.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
 
     generate = commands.add_parser("generate", help="derive and render the kernels of a spec")
@@ -54,17 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     solve = commands.add_parser("solve", help="train a spec with the discrete gradient method")
     solve.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
-    solve.add_argument("--data", type=Path, help="data file (.npz or .csv); default: the spec's data")
-    solve.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
-    solve.add_argument("--step", type=_positive_float, default=1.0, help="step size tau (default 1)")
     solve.add_argument(
-        "--schedule", choices=("fixed", "grow"), default="fixed",
+        "--data", type=Path, help="data file (.npz or .csv); default: the spec's data"
+    )
+    solve.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
+    solve.add_argument(
+        "--step", type=_positive_float, default=1.0, help="step size tau (default 1)"
+    )
+    solve.add_argument(
+        "--schedule",
+        choices=("fixed", "grow"),
+        default="fixed",
         help="keep tau fixed, or grow it by --growth after each accepted step",
     )
     solve.add_argument("--growth", type=_positive_float, default=2.0, help="growth factor of tau")
     solve.add_argument("--max-step", type=_positive_float, default=1e8, help="upper bound on tau")
     solve.add_argument(
-        "--tol", type=_positive_float, default=1e-8,
+        "--tol",
+        type=_positive_float,
+        default=1e-8,
         help="stop when |grad V| <= tol * max(1, |V|) (default 1e-8)",
     )
     solve.add_argument("--max-steps", type=_positive_int, default=1000, help="maximum steps")
@@ -76,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     level = getattr(logging, os.environ.get("DGCODEGEN_LOG_LEVEL", ""), level)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("numba").setLevel(logging.WARNING)
 
 

@@ -45,10 +45,12 @@ def scikit_learn_optimum(features: np.ndarray, labels: np.ndarray) -> tuple[floa
     return float(model.intercept_[0]), model.coef_[0].copy()
 
 
-def _table(history: dict[str, list], result_loss: float) -> list[str]:
+def _table(history: dict[str, list]) -> list[str]:
     steps = len(history["loss"])
     shown = sorted({s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, steps) if s <= steps})
-    lines = [f"{'step':>6} {'loss':>20} {'|y - x|':>10} {'newton':>6} {'residual':>10} {'energy id.':>10}"]
+    header = ("steps", "loss", "|y - x|", "newton", "residual", "energy id.")
+    widths = (6, 20, 10, 6, 10, 10)
+    lines = [" ".join(f"{name:>{width}}" for name, width in zip(header, widths))]
     for s in shown:
         i = s - 1
         lines.append(
@@ -59,7 +61,9 @@ def _table(history: dict[str, list], result_loss: float) -> list[str]:
     return lines
 
 
-def run_demo(json_path: Path | None = None, method: str = "mean-value", show_progress: bool = True) -> int:
+def run_demo(
+    json_path: Path | None = None, method: str = "mean-value", show_progress: bool = True
+) -> int:
     """Run the main job, print its report, and return the process exit code."""
     problem = load_spec(example_path("logistic_regression.py"))
     compiled = compile_problem(problem, show_progress=show_progress, methods=(method,))
@@ -68,8 +72,10 @@ def run_demo(json_path: Path | None = None, method: str = "mean-value", show_pro
     # equality at z = 0, so at w = 0, b = 0 the Hessian is the global curvature bound.
     lipschitz = float(np.linalg.eigvalsh(compiled.hessian(np.zeros_like(x0))).max())
     step = STEP_FACTOR * 2.0 / lipschitz
-    print(f"breast cancer data: {compiled.data[0].shape[0]} samples, {problem.columns[0].size} features")
-    print(f"L = {lipschitz:.6g}, gradient descent's bound 2/L = {2 / lipschitz:.4g}, step = {step:.4g}")
+    samples, features = compiled.data[0].shape
+    print(f"breast cancer data: {samples} samples, {features} features")
+    bound = 2 / lipschitz
+    print(f"L = {lipschitz:.6g}, gradient descent's bound 2/L = {bound:.4g}, step = {step:.4g}")
 
     descent = gradient_descent(compiled.loss, compiled.gradient, x0, step, GRADIENT_DESCENT_STEPS)
     losses = descent["loss"]
@@ -82,7 +88,7 @@ def run_demo(json_path: Path | None = None, method: str = "mean-value", show_pro
     result = train(compiled, method, options, show_progress)
     document = report(problem, method, options, result)
     print(f"discrete gradient method ({method}) at the same step:")
-    print("\n".join(_table(document["history"], result.loss)))
+    print("\n".join(_table(document["history"])))
 
     features, labels = problem.default_data["x"], problem.default_data["y"][:, 0]
     intercept, weights = scikit_learn_optimum(features, labels)
@@ -90,11 +96,15 @@ def run_demo(json_path: Path | None = None, method: str = "mean-value", show_pro
     reference_loss = compiled.loss(reference)
     loss_error = abs(result.loss - reference_loss) / abs(reference_loss)
     parameter_error = float(np.abs(result.x - reference).max())
-    matched = result.converged and loss_error <= LOSS_TOLERANCE and parameter_error <= PARAMETER_TOLERANCE
+    matched = (
+        result.converged and loss_error <= LOSS_TOLERANCE and parameter_error <= PARAMETER_TOLERANCE
+    )
     print(f"scikit-learn LogisticRegression(C=1): loss {reference_loss:.12f}")
     print(f"discrete gradient method:             loss {result.loss:.12f}")
-    print(f"relative loss difference {loss_error:.2e} (tolerance {LOSS_TOLERANCE:g}), "
-          f"max parameter difference {parameter_error:.2e} (tolerance {PARAMETER_TOLERANCE:g})")
+    print(
+        f"relative loss difference {loss_error:.2e} (tolerance {LOSS_TOLERANCE:g}), "
+        f"max parameter difference {parameter_error:.2e} (tolerance {PARAMETER_TOLERANCE:g})"
+    )
     print("result matches scikit-learn" if matched else "result does NOT match scikit-learn")
 
     document["gradient_descent"] = {"step": step, "loss": losses, "diverged": descent["diverged"]}

@@ -379,7 +379,9 @@ def load_spec(path: str | Path) -> Loss:
     except SpecError:
         raise
     except Exception as error:
-        raise SpecError(f"running the spec {path} failed: {type(error).__name__}: {error}") from error
+        raise SpecError(
+            f"running the spec {path} failed: {type(error).__name__}: {error}"
+        ) from error
     finally:
         sys.modules.pop(module_name, None)
     problem = getattr(module, "problem", None)

@@ -88,6 +88,6 @@ def _mpmath_sigmoid(z):  # type: ignore[no-untyped-def]
 
 
 MPMATH_FUNCTIONS = {"softplus": _mpmath_softplus, "sigmoid": _mpmath_sigmoid}
-"""Arbitrary-precision implementations for `sympy.lambdify(..., modules=[MPMATH_FUNCTIONS, "mpmath"])`."""
+"""mpmath implementations: `lambdify(..., modules=[MPMATH_FUNCTIONS, "mpmath"])`."""
 
 SPECIAL_FUNCTIONS = (softplus, sigmoid)

@@ -126,7 +126,9 @@ class KernelBuilder:
             return [Block("matrix", _flatten(dv.hessian(part)), ridge)]
 
         shape = (self.n, self.n)
-        return self._spec("hessian", self.theta_argument, shape, blocks, "identity", "Hessian of V.")
+        return self._spec(
+            "hessian", self.theta_argument, shape, blocks, "identity", "Hessian of V."
+        )
 
     # Mean value
 
@@ -142,7 +144,7 @@ class KernelBuilder:
             return [Block("matrix", _flatten(dv.mean_value(part)[1]), ridge)]
 
         for ridge in dv.ridges:
-            dv.mean_value_report.methods.append(f"divided difference: {ridge.divided.l}")
+            dv.mean_value_report.methods.append(f"divided difference: {ridge.divided.profile}")
         return [
             self._spec(
                 "dg_mean_value",
@@ -218,10 +220,9 @@ class KernelBuilder:
             [sp.diff(p_dense, ui) for ui in dv.u],
             self._ridge(
                 with_ridges,
-                lambda r: dv.ridge_derivative(r, order, dv.m)
-                * order
-                * along(r) ** (order - 1)
-                / scale,
+                lambda r: (
+                    dv.ridge_derivative(r, order, dv.m) * order * along(r) ** (order - 1) / scale
+                ),
             ),
         )
         return [value, grad_y, grad_u]
@@ -253,19 +254,35 @@ class KernelBuilder:
         pair, series_args = self.pair_arguments, self.series_arguments
         return [
             self._spec(
-                "dg_gonzalez_direct", pair, (n,), direct, "gonzalez_direct_dg",
+                "dg_gonzalez_direct",
+                pair,
+                (n,),
+                direct,
+                "gonzalez_direct_dg",
                 "Gonzalez discrete gradient, direct form of the correction.",
             ),
             self._spec(
-                "dg_gonzalez_series", series_args, (n,), series, "gonzalez_series_dg",
+                "dg_gonzalez_series",
+                series_args,
+                (n,),
+                series,
+                "gonzalez_series_dg",
                 "Gonzalez discrete gradient, series form of the correction.",
             ),
             self._spec(
-                "jac_gonzalez_direct", pair, (n, n), jac_direct, "gonzalez_direct_jac",
+                "jac_gonzalez_direct",
+                pair,
+                (n, n),
+                jac_direct,
+                "gonzalez_direct_jac",
                 "Jacobian in y of the Gonzalez discrete gradient, direct form.",
             ),
             self._spec(
-                "jac_gonzalez_series", series_args, (n, n), jac_series, "gonzalez_series_jac",
+                "jac_gonzalez_series",
+                series_args,
+                (n, n),
+                jac_series,
+                "gonzalez_series_jac",
                 "Jacobian in y of the Gonzalez discrete gradient, series form.",
             ),
         ]

@@ -18,6 +18,7 @@ from .derive import Derivation
 from .kernelspec import KernelBuilder, KernelSpec
 from .dsl import Loss
 from .printer import NumbaPrinter
+from .progress import progress
 from .ridge import DIVIDED_DIFFERENCE_THRESHOLD
 
 log = logging.getLogger("dgcodegen")
@@ -144,7 +145,10 @@ def lower_kernel(
             accumulate.append({"kind": kind, "offset": where, "coefficient": value, "slope": ridge})
     slope_values = printed[len(plan) :]
     slopes = [
-        {"ridge": ridge, "entries": [(j, v) for (k, j), v in zip(slope_positions, slope_values) if k == ridge]}
+        {
+            "ridge": ridge,
+            "entries": [(j, v) for (k, j), v in zip(slope_positions, slope_values) if k == ridge],
+        }
         for ridge in used_ridges
     ]
     free_exprs, free_indices, offset = [], [], 0
@@ -183,7 +187,10 @@ def lower_helpers(derivation: Derivation, names: dict[sp.Symbol, str]) -> list[L
         branches = divided.branches(a, b)
         extra = [names[s] for s in divided.extra]
         helper_names = {divided.function.__name__, divided.derivative_function.__name__}
-        for kind, name in (("quotient", divided.function), ("derivative", divided.derivative_function)):
+        for kind, name in (
+            ("quotient", divided.function),
+            ("derivative", divided.derivative_function),
+        ):
             printer = NumbaPrinter({**names, a: "a", b: "b"}, helper_names)
             series_statements, series, _ = _print_block([branches[f"{kind}_series"]], printer, "q")
             direct_statements, direct, _ = _print_block([branches[f"{kind}_direct"]], printer, "p")
@@ -202,8 +209,10 @@ def lower_helpers(derivation: Derivation, names: dict[sp.Symbol, str]) -> list[L
     return helpers
 
 
-def lower(problem: Loss, derivation: Derivation | None = None) -> LoweredModule:
-    """Derive and lower every kernel of `problem`."""
+def lower(
+    problem: Loss, derivation: Derivation | None = None, show_progress: bool = False
+) -> LoweredModule:
+    """Derive and lower every kernel of `problem`, with a progress bar if `show_progress`."""
     derivation = derivation or Derivation(problem)
     specs = KernelBuilder(derivation).all()
     started = time.perf_counter()
@@ -213,7 +222,10 @@ def lower(problem: Loss, derivation: Derivation | None = None) -> LoweredModule:
         for d in derivation.divided_differences
         for f in (d.function, d.derivative_function)
     }
-    kernels = [lower_kernel(spec, derivation, names, helper_names) for spec in specs]
+    kernels = [
+        lower_kernel(spec, derivation, names, helper_names)
+        for spec in progress(specs, "lowering kernels", show_progress)
+    ]
     helpers = lower_helpers(derivation, names)
     log.info(
         "lowered %d kernels (%d operations) in %.2f s",

@@ -36,7 +36,7 @@ class DividedDifference:
 
     index: int
     variable: sp.Symbol
-    l: sp.Expr
+    profile: sp.Expr
     extra: tuple[sp.Symbol, ...]
 
     @property
@@ -54,7 +54,7 @@ class DividedDifference:
         h = b - a
         center = (a + b) / 2
         c, k = sp.Symbol("c", real=True), sp.Symbol("k", real=True)
-        derivatives = [self.l.subs(self.variable, c)]
+        derivatives = [self.profile.subs(self.variable, c)]
         for _ in range(2 * SERIES_ORDER + 2):
             derivatives.append(sp.diff(derivatives[-1], c))
         series = sum(
@@ -63,7 +63,7 @@ class DividedDifference:
         )
         series_db = sp.diff(series, c) / 2 + sp.diff(series, k)
         at = {c: center, k: h}
-        quotient = (self.l.subs(self.variable, b) - self.l.subs(self.variable, a)) / h
+        quotient = (self.profile.subs(self.variable, b) - self.profile.subs(self.variable, a)) / h
         l_prime_b = derivatives[1].subs(c, b)
         return {
             "quotient_series": series.subs(at),

@@ -23,6 +23,7 @@ from .dsl import Loss
 from .emit import render, write_package
 from .errors import SpecError
 from .lower import lower
+from .progress import progress
 
 log = logging.getLogger("dgcodegen")
 
@@ -41,14 +42,14 @@ def cache_directory() -> Path:
     return Path(base) / "dgcodegen"
 
 
-def generate(problem: Loss, out: Path | None = None) -> Path:
+def generate(problem: Loss, out: Path | None = None, show_progress: bool = False) -> Path:
     """Derive and render the kernels of `problem` into `out` and return that folder.
 
     Without `out`, the kernels go to a folder of the cache named after the problem and
     a hash of the generated source, so a changed spec never reuses stale kernels.
     """
     started = time.perf_counter()
-    files = render(lower(problem), problem.fingerprint())
+    files = render(lower(problem, show_progress=show_progress), problem.fingerprint())
     if out is None:
         digest = hashlib.sha256(files["kernels.py"].encode()).hexdigest()[:16]
         out = cache_directory() / f"{problem.name}-{digest}"
@@ -141,17 +142,9 @@ class CompiledProblem:
             dg, jac = self.discrete_gradient(method), self.jacobian(method)
             calls.append((f"dg {method}", lambda dg=dg: (dg(x, y), dg(x, x))))
             calls.append((f"jacobian {method}", lambda jac=jac: (jac(x, y), jac(x, x))))
-        for _label, call in _progress(calls, "compiling kernels", show_progress):
+        for _label, call in progress(calls, "compiling kernels", show_progress):
             call()
         log.info("compiled kernels in %.2f s", time.perf_counter() - started)
-
-
-def _progress(items: list, description: str, show: bool):  # noqa: ANN202 - iterator
-    if not show:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=description, unit="kernel", leave=False)
 
 
 def compile_problem(
@@ -162,7 +155,7 @@ def compile_problem(
     methods: tuple[str, ...] = METHODS,
 ) -> CompiledProblem:
     """Generate, import and compile the kernels of `problem`, with `data` bound."""
-    directory = generate(problem, out)
+    directory = generate(problem, out, show_progress)
     compiled = CompiledProblem(problem, load_kernels(directory), data)
     compiled.warm_up(methods, show_progress)
     return compiled

@@ -52,7 +52,11 @@ def _read_csv(problem: Loss, path: Path) -> dict[str, np.ndarray]:
     position = {name.strip(): index for index, name in enumerate(header)}
     result = {}
     for column in problem.columns:
-        fields = [column.name] if column.shape == () else [f"{column.name}[{j}]" for j in range(column.size)]
+        fields = (
+            [column.name]
+            if column.shape == ()
+            else [f"{column.name}[{j}]" for j in range(column.size)]
+        )
         missing = [f for f in fields if f not in position]
         if missing:
             raise SpecError(f"{path} has no field {missing[0]!r} for the column {column.name!r}")
@@ -73,7 +77,9 @@ def train(
     if show_progress:
         from tqdm import tqdm
 
-        progress_bar = tqdm(total=options.max_steps, desc=f"{method} steps", unit="step", leave=False)
+        progress_bar = tqdm(
+            total=options.max_steps, desc=f"{method} steps", unit="step", leave=False
+        )
 
         def callback(step: int, loss: float, tau: float) -> None:
             progress_bar.update(1)
@@ -104,10 +110,13 @@ def train(
     return result
 
 
-def report(problem: Loss, method: str, options: StepperOptions, result: SolveResult) -> dict[str, Any]:
+def report(
+    problem: Loss, method: str, options: StepperOptions, result: SolveResult
+) -> dict[str, Any]:
     """Return the JSON document of a run."""
     parameters = {
-        name: np.asarray(value).tolist() for name, value in problem.split_parameters(result.x).items()
+        name: np.asarray(value).tolist()
+        for name, value in problem.split_parameters(result.x).items()
     }
     return {
         "problem": problem.name,
