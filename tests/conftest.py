@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,12 @@ from dgcodegen.runtime import CompiledProblem, load_kernels
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 GENERATED = ROOT / "generated"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep kernels that tests generate out of the user's cache folder."""
+    if "DGCODEGEN_CACHE" not in os.environ:
+        os.environ["DGCODEGEN_CACHE"] = tempfile.mkdtemp(prefix="dgcodegen-test-cache-")
 
 
 def compiled_example(name: str) -> CompiledProblem:
