@@ -92,7 +92,7 @@ def run_demo(
 
     features, labels = problem.default_data["x"], problem.default_data["y"][:, 0]
     intercept, weights = scikit_learn_optimum(features, labels)
-    reference = np.concatenate([[intercept], weights])
+    reference = problem.join_parameters({"w": weights, "b": intercept})
     reference_loss = compiled.loss(reference)
     loss_error = abs(result.loss - reference_loss) / abs(reference_loss)
     parameter_error = float(np.abs(result.x - reference).max())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import math
 import re
 import sys
@@ -79,6 +80,7 @@ class Declaration:
     shape: Shape
     kind: str  # "parameter" or "data"
     symbols: tuple[sp.Symbol, ...]
+    order: int = 0
 
     @property
     def size(self) -> int:
@@ -94,6 +96,7 @@ class Declaration:
 
 
 _REGISTRY: dict[sp.Symbol, Declaration] = {}
+_DECLARATION_COUNTER = itertools.count()
 
 
 def _normalize_shape(name: str, shape: int | tuple[int, ...] | None, max_rank: int) -> Shape:
@@ -122,7 +125,8 @@ def _declare(name: str, shape: Shape, kind: str, symbol_class: type[_Declared]) 
         names = [name]
     else:
         names = [f"{name}[{', '.join(map(str, index))}]" for index in np.ndindex(*shape)]
-    declaration = Declaration(name, shape, kind, tuple(symbol_class(n) for n in names))
+    symbols = tuple(symbol_class(n) for n in names)
+    declaration = Declaration(name, shape, kind, symbols, next(_DECLARATION_COUNTER))
     for symbol in declaration.symbols:
         _REGISTRY[symbol] = declaration
     return declaration
@@ -230,10 +234,10 @@ class Loss:
                 declaration = declaration_of(symbol)
                 if declaration not in declarations:
                     declarations.append(declaration)
-        self.parameters = sorted(
-            (d for d in declarations if d.kind == "parameter"), key=lambda d: d.name
-        )
-        self.columns = sorted((d for d in declarations if d.kind == "data"), key=lambda d: d.name)
+        # Declaration order, so the flat parameter vector follows the spec's reading order.
+        declarations.sort(key=lambda d: d.order)
+        self.parameters = [d for d in declarations if d.kind == "parameter"]
+        self.columns = [d for d in declarations if d.kind == "data"]
         if not self.parameters:
             raise SpecError("the loss depends on no parameter; declare one with dg.parameter")
         names = [d.name for d in self.parameters + self.columns]
@@ -322,6 +326,22 @@ class Loss:
             result[declaration.name] = part.reshape(declaration.shape)
             offset += declaration.size
         return result
+
+    def join_parameters(self, values: dict[str, Any]) -> np.ndarray:
+        """Flatten named parameter arrays into one vector; the inverse of `split_parameters`."""
+        missing = [d.name for d in self.parameters if d.name not in values]
+        if missing:
+            raise SpecError(f"no value given for the parameter {missing[0]!r}")
+        parts = []
+        for declaration in self.parameters:
+            value = np.asarray(values[declaration.name], dtype=np.float64)
+            if value.size != declaration.size:
+                raise SpecError(
+                    f"value of {declaration.name!r} has {value.size} entries, "
+                    f"expected {declaration.size} for shape {declaration.shape}"
+                )
+            parts.append(value.ravel())
+        return np.concatenate(parts)
 
     def fingerprint(self) -> str:
         """Return a hash of everything that determines the generated code."""
