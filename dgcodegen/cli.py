@@ -13,6 +13,10 @@ from .runtime import METHODS
 
 log = logging.getLogger("dgcodegen")
 
+EXIT_INVALID_INPUT = 1
+EXIT_NOT_CONVERGED = 3
+"""Exit code of `solve` when the run ended without converging (argparse uses 2)."""
+
 
 def _positive_float(text: str) -> float:
     try:
@@ -112,7 +116,7 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
     from .stepper import StepperOptions
 
     problem = load_spec(args.spec)
-    data = read_data(problem, args.data) if args.data else None
+    data = problem.validate_data(read_data(problem, args.data)) if args.data else None
     options = StepperOptions(
         step=args.step,
         schedule=args.schedule,
@@ -131,7 +135,7 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
     if args.json:
         write_json(document, args.json)
         print(f"wrote {args.json}")
-    return 0 if result.converged else 2
+    return 0 if result.converged else EXIT_NOT_CONVERGED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return _solve(args, show_progress)
     except DgcodegenError as error:
         print(f"dgcodegen: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_INVALID_INPUT
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 import sympy as sp
 
+from .calculus import diff
 from .dsl import Loss
 from .errors import DerivationError
 from .ridge import DividedDifference, find_ridge
@@ -102,7 +103,7 @@ class Derivation:
                 continue
             z, outer = found
             divided = self.divided_difference_for(outer, placeholder)
-            slope = [sp.diff(z, t) for t in self.theta]
+            slope = [diff(z, t) for t in self.theta]
             ridges.append(Ridge(z, divided, slope))
         return ridges, rest
 
@@ -121,7 +122,7 @@ class Derivation:
     def ridge_derivative(self, ridge: Ridge, order: int, point: list[sp.Expr]) -> sp.Expr:
         """`l^(order)(z(point))` for a ridge term."""
         divided = ridge.divided
-        derivative = sp.diff(divided.profile, divided.variable, order)
+        derivative = diff(divided.profile, divided.variable, order)
         return derivative.xreplace({divided.variable: self.at(ridge.z, point)})
 
     # Substitution helpers
@@ -138,7 +139,7 @@ class Derivation:
     def gradient(self, part: str) -> list[sp.Expr]:
         """Gradient of a loss part in the parameters."""
         expr = self.parts[part]
-        return self._cached(("gradient", part), lambda: [sp.diff(expr, t) for t in self.theta])
+        return self._cached(("gradient", part), lambda: [diff(expr, t) for t in self.theta])
 
     def hessian(self, part: str) -> list[list[sp.Expr]]:
         """Hessian of a loss part; entries below the diagonal repeat those above."""
@@ -148,7 +149,7 @@ class Derivation:
             rows = [[sp.S.Zero] * self.n for _ in range(self.n)]
             for i in range(self.n):
                 for j in range(i, self.n):
-                    rows[i][j] = rows[j][i] = sp.diff(grad[i], self.theta[j])
+                    rows[i][j] = rows[j][i] = diff(grad[i], self.theta[j])
             return rows
 
         return self._cached(("hessian", part), build)
@@ -215,7 +216,7 @@ class Derivation:
         others = sorted(term.free_symbols - set(self.theta), key=lambda s: s.name)
         grad = sp.lambdify(
             self.theta + others,
-            [sp.diff(term, t) for t in self.theta],
+            [diff(term, t) for t in self.theta],
             modules=[MPMATH_FUNCTIONS, "mpmath"],
         )
         rng = np.random.default_rng(0)
@@ -249,7 +250,7 @@ class Derivation:
         self, z: sp.Expr, outer: sp.Expr, placeholder: sp.Symbol
     ) -> tuple[list, list]:
         divided = self.divided_difference_for(outer, placeholder)
-        ridge = Ridge(z, divided, [sp.diff(z, t) for t in self.theta])
+        ridge = Ridge(z, divided, [diff(z, t) for t in self.theta])
         quotient, derivative = self.ridge_quotients(ridge)
         dg = [a * quotient for a in ridge.slope]
         jac = [[a * b * derivative for b in ridge.slope] for a in ridge.slope]
@@ -265,7 +266,7 @@ class Derivation:
 
     def _mean_value_polynomial(self, term: sp.Expr) -> tuple[list, list, str]:
         s = sp.Symbol("s", real=True)
-        grad = [sp.diff(term, t) for t in self.theta]
+        grad = [diff(term, t) for t in self.theta]
         segment = [xi + s * di for xi, di in zip(self.x, self.d)]
         try:
             with _time_limit(CLOSED_FORM_SECONDS):
@@ -274,7 +275,7 @@ class Derivation:
                     poly = sp.Poly(self.at(g, segment), s)
                     coefficients = poly.all_coeffs()[::-1]
                     dg.append(sum(c / (k + 1) for k, c in enumerate(coefficients)))
-                jac = [[sp.diff(g, yj) for yj in self.y] for g in dg]
+                jac = [[diff(g, yj) for yj in self.y] for g in dg]
             return dg, jac, "closed form (polynomial)"
         except TimeoutError:
             degree = sp.Poly(term, *self.theta).total_degree()
@@ -284,8 +285,8 @@ class Derivation:
 
     def _mean_value_quadrature(self, term: sp.Expr, nodes: int) -> tuple[list, list]:
         points, weights = _gauss_legendre(nodes)
-        grad = [sp.diff(term, t) for t in self.theta]
-        hess = [[sp.diff(g, t) for t in self.theta] for g in grad]
+        grad = [diff(term, t) for t in self.theta]
+        hess = [[diff(g, t) for t in self.theta] for g in grad]
         dg = [sp.S.Zero] * self.n
         jac = [[sp.S.Zero] * self.n for _ in range(self.n)]
         for s, w in zip(points, weights):
@@ -304,7 +305,7 @@ class Derivation:
         def build() -> sp.Expr:
             t = sp.Symbol("t", real=True)
             point = [mi + t * ui for mi, ui in zip(self.m, self.u)]
-            expr = sp.diff(self.at(self.parts[part], point), t, order).subs(t, 0)
+            expr = diff(self.at(self.parts[part], point), t, order).subs(t, 0)
             return expr / (sp.factorial(order) * 2 ** (order - 1))
 
         return self._cached((f"directional{order}", part), build)
@@ -324,20 +325,20 @@ def _closed_form_segment_integral(derivation: Derivation, term: sp.Expr):
         with _time_limit(CLOSED_FORM_SECONDS):
             dg = []
             for t in derivation.theta:
-                integrand = derivation.at(sp.diff(term, t), segment)
+                integrand = derivation.at(diff(term, t), segment)
                 value = sp.integrate(integrand, (s, 0, 1))
                 if value.has(sp.Integral, sp.Piecewise):
                     return None
                 at_x = value.xreplace(dict(zip(derivation.y, derivation.x)))
                 if at_x.has(sp.nan, sp.zoo, sp.oo):
                     return None
-                if sp.simplify(at_x - derivation.at(sp.diff(term, t), derivation.x)) != 0:
+                if sp.simplify(at_x - derivation.at(diff(term, t), derivation.x)) != 0:
                     return None
                 dg.append(value)
             if not _matches_quadrature(derivation, term, dg):
                 log.warning("sympy.integrate gave a wrong mean value of %s; not used", _short(term))
                 return None
-            jac = [[sp.diff(g, yj) for yj in derivation.y] for g in dg]
+            jac = [[diff(g, yj) for yj in derivation.y] for g in dg]
     except TimeoutError:
         log.info("sympy.integrate exceeded %.0f s on %s", CLOSED_FORM_SECONDS, _short(term))
         return None
@@ -353,7 +354,7 @@ def _matches_quadrature(derivation: Derivation, term: sp.Expr, closed: list[sp.E
     modules = [MPMATH_FUNCTIONS, "mpmath"]
     others = sorted(term.free_symbols - set(derivation.theta), key=lambda s: s.name)
     grad = sp.lambdify(
-        derivation.theta + others, [sp.diff(term, t) for t in derivation.theta], modules
+        derivation.theta + others, [diff(term, t) for t in derivation.theta], modules
     )
     value = sp.lambdify(derivation.x + derivation.y + others, closed, modules)
     rng = np.random.default_rng(1)
@@ -432,6 +433,6 @@ def check_derivable(problem: Loss) -> None:
     """Raise DerivationError when a loss term has no usable derivative."""
     for part in (problem.sample_term, problem.free_term):
         for t in problem.parameter_symbols:
-            derivative = sp.diff(part, t)
+            derivative = diff(part, t)
             if derivative.has(sp.Derivative, sp.Subs):
                 raise DerivationError(f"the derivative of {_short(part)} in {t} is not explicit")

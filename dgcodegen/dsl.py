@@ -58,10 +58,24 @@ SUPPORTED_FUNCTIONS: tuple[type, ...] = (
 
 
 class _Declared(sp.Symbol):
-    """Real symbol for one entry of a declared parameter or data column."""
+    """Real symbol for one entry of a declared parameter or data column.
 
-    def __new__(cls, name: str) -> _Declared:
-        return super().__new__(cls, name, real=True)
+    The declared shape is part of the symbol's identity, so entries of `w` declared as a
+    2-vector and as a 3-vector are different symbols and a loss keeps its own `w`.
+    """
+
+    _declared_shape: Shape
+
+    def __new__(cls, name: str, shape: Shape = ()) -> _Declared:
+        symbol = sp.Symbol.__xnew__(cls, name, real=True)
+        symbol._declared_shape = tuple(shape)
+        return symbol
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict]:
+        return (self.name, self._declared_shape), {}
+
+    def _hashable_content(self) -> tuple:
+        return super()._hashable_content() + (self._declared_shape,)
 
 
 class ParameterSymbol(_Declared):
@@ -104,7 +118,10 @@ def _normalize_shape(name: str, shape: int | tuple[int, ...] | None, max_rank: i
         return ()
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(shape)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise SpecError(f"{name!r} has shape {shape!r}; give an int or a tuple of ints") from None
     if len(shape) > max_rank:
         raise SpecError(
             f"{name!r} has shape {shape}, of rank {len(shape)}; declare at most rank {max_rank}"
@@ -125,7 +142,7 @@ def _declare(name: str, shape: Shape, kind: str, symbol_class: type[_Declared]) 
         names = [name]
     else:
         names = [f"{name}[{', '.join(map(str, index))}]" for index in np.ndindex(*shape)]
-    symbols = tuple(symbol_class(n) for n in names)
+    symbols = tuple(symbol_class(n, shape) for n in names)
     declaration = Declaration(name, shape, kind, symbols, next(_DECLARATION_COUNTER))
     for symbol in declaration.symbols:
         _REGISTRY[symbol] = declaration
@@ -173,8 +190,11 @@ def _as_scalar(expr: Any, what: str) -> sp.Expr:
 
 def _check_functions(expr: sp.Expr, what: str) -> None:
     for node in sp.preorder_traversal(expr):
-        if isinstance(node, (sp.Derivative, sp.Integral, sp.Subs)):
-            raise SpecError(f"{what} contains the unevaluated {type(node).__name__} {node}")
+        if isinstance(node, (sp.Derivative, sp.Integral, sp.Subs, sp.Sum, sp.Product, sp.Limit)):
+            raise SpecError(
+                f"{what} contains the unevaluated {type(node).__name__} {node}; "
+                "evaluate it with .doit() or write it out explicitly"
+            )
         if isinstance(node, sp.Function) and not isinstance(node, SUPPORTED_FUNCTIONS):
             names = ", ".join(sorted(f.__name__ for f in SUPPORTED_FUNCTIONS))
             raise SpecError(
@@ -304,7 +324,12 @@ class Loss:
             raise SpecError(f"initial value given for the unknown parameter {unknown[0]!r}")
         parts = []
         for declaration in self.parameters:
-            value = np.asarray(initial.get(declaration.name, 0.0), dtype=np.float64)
+            try:
+                value = np.asarray(initial.get(declaration.name, 0.0), dtype=np.float64)
+            except (TypeError, ValueError) as error:
+                raise SpecError(
+                    f"initial value of {declaration.name!r} is not numeric: {error}"
+                ) from error
             if value.shape != declaration.shape and value.size == declaration.size:
                 value = value.reshape(declaration.shape)
             if value.shape != declaration.shape and value.shape != ():
@@ -370,13 +395,13 @@ def _column_array(column: Declaration, values: Any) -> np.ndarray:
             f"data for {column.name!r} has shape {array.shape}, expected {want} "
             f"as declared by dg.data({column.name!r}{', ' + str(expected[0]) if expected else ''})"
         )
-    bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+    bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), column.size)).all(axis=1))
     if bad.size:
         raise SpecError(
             f"data for {column.name!r} contains nan or inf in {bad.size} sample(s), "
             f"first at row {bad[0]}; remove or impute those rows"
         )
-    return np.ascontiguousarray(array.reshape(len(array), -1))
+    return np.ascontiguousarray(array.reshape(len(array), column.size))
 
 
 def load_spec(path: str | Path) -> Loss:

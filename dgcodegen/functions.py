@@ -8,6 +8,7 @@ two-sided logistic), so generated code stays finite at `|z| = 1000`.
 
 from __future__ import annotations
 
+import mpmath
 import sympy as sp
 
 
@@ -60,8 +61,14 @@ class softplus(sp.Function):  # noqa: N801 - SymPy functions are lower case
     def _eval_rewrite_as_log(self, z: sp.Expr, **kwargs: object) -> sp.Expr:
         return sp.log(1 + sp.exp(z))
 
-    def _eval_evalf(self, prec: int) -> sp.Expr:
-        return sp.log(1 + sp.exp(self.args[0])).evalf(prec_to_dps(prec))
+    def _eval_evalf(self, prec: int) -> sp.Expr | None:
+        z = self.args[0].evalf(prec_to_dps(prec))
+        if not z.is_Number:
+            return None
+        # log1p keeps the digits of softplus(z) ~ exp(z) for very negative z.
+        with mpmath.workprec(prec + 10):
+            value = mpmath.log1p(mpmath.exp(z._to_mpmath(prec + 10)))
+        return sp.Float(value, precision=prec)
 
     def _eval_is_real(self) -> bool | None:
         return self.args[0].is_real

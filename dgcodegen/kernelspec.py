@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from .calculus import diff
 from .derive import Derivation, _flatten
 
 log = logging.getLogger("dgcodegen")
@@ -209,7 +210,7 @@ class KernelBuilder:
             return [value]
         grad_y = Block(
             "vector",
-            [sp.diff(p_dense, yi) for yi in dv.y],
+            [diff(p_dense, yi) for yi in dv.y],
             self._ridge(
                 with_ridges,
                 lambda r: dv.ridge_derivative(r, order + 1, dv.m) * along(r) ** order / (2 * scale),
@@ -217,7 +218,7 @@ class KernelBuilder:
         )
         grad_u = Block(
             "vector",
-            [sp.diff(p_dense, ui) for ui in dv.u],
+            [diff(p_dense, ui) for ui in dv.u],
             self._ridge(
                 with_ridges,
                 lambda r: (

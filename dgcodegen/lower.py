@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .derive import Derivation
-from .kernelspec import KernelBuilder, KernelSpec
 from .dsl import Loss
+from .kernelspec import KernelBuilder, KernelSpec
 from .printer import NumbaPrinter
 from .progress import progress
 from .ridge import DIVIDED_DIFFERENCE_THRESHOLD

@@ -16,6 +16,8 @@ Differences from SymPy's `PythonCodePrinter` that matter for Numba:
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -56,17 +58,16 @@ class NumbaPrinter(PythonCodePrinter):
         except KeyError:
             raise CodegenError(f"the symbol {expr.name!r} has no kernel variable") from None
 
-    def _print_Integer(self, expr: sp.Integer) -> str:
-        return repr(float(expr))
+    def _print_float64(self, expr: sp.Expr) -> str:
+        value = float(expr)
+        if not math.isfinite(value):
+            raise CodegenError(f"the number {expr} is outside the float64 range")
+        return repr(value)
 
-    def _print_Rational(self, expr: sp.Rational) -> str:
-        return repr(float(expr))
-
-    def _print_Float(self, expr: sp.Float) -> str:
-        return repr(float(expr))
-
-    def _print_NumberSymbol(self, expr: sp.Expr) -> str:
-        return repr(float(expr))
+    _print_Integer = _print_float64
+    _print_Rational = _print_float64
+    _print_Float = _print_float64
+    _print_NumberSymbol = _print_float64
 
     _print_Pi = _print_NumberSymbol
     _print_Exp1 = _print_NumberSymbol
@@ -89,7 +90,7 @@ class NumbaPrinter(PythonCodePrinter):
             return f"math.sqrt({self._print(base)})"
         if exponent == -sp.S.Half:
             return f"(1.0/math.sqrt({self._print(base)}))"
-        if exponent.is_Integer:
+        if exponent.is_Integer and abs(int(exponent)) <= 2**53:
             return f"{base_text}**{int(exponent)}"
         return f"{base_text}**{self.parenthesize(exponent, 100)}"
 

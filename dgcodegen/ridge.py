@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from .calculus import diff
+
 DIVIDED_DIFFERENCE_THRESHOLD = 1e-2
 """Below this `|z_y - z_x|` the kernels evaluate divided differences by their series."""
 
@@ -56,12 +58,12 @@ class DividedDifference:
         c, k = sp.Symbol("c", real=True), sp.Symbol("k", real=True)
         derivatives = [self.profile.subs(self.variable, c)]
         for _ in range(2 * SERIES_ORDER + 2):
-            derivatives.append(sp.diff(derivatives[-1], c))
+            derivatives.append(diff(derivatives[-1], c))
         series = sum(
             derivatives[2 * j + 1] * (k / 2) ** (2 * j) / sp.factorial(2 * j + 1)
             for j in range(SERIES_ORDER + 1)
         )
-        series_db = sp.diff(series, c) / 2 + sp.diff(series, k)
+        series_db = diff(series, c) / 2 + diff(series, k)
         at = {c: center, k: h}
         quotient = (self.profile.subs(self.variable, b) - self.profile.subs(self.variable, a)) / h
         l_prime_b = derivatives[1].subs(c, b)

@@ -88,10 +88,13 @@ class CompiledProblem:
         self.problem = problem
         self.kernels = kernels
         if data is None:
+            if problem.has_data and problem.default_data is None:
+                raise SpecError(
+                    f"the problem {problem.name!r} has no default data: pass --data FILE "
+                    "or give data={...} in the spec"
+                )
             data = problem.default_data or {}
         validated = problem.validate_data(data)
-        if problem.has_data and not validated:
-            raise SpecError(f"the problem {problem.name!r} needs data: pass --data or a default")
         self.data = tuple(validated[c.name] for c in problem.columns)
         self.n = len(problem.parameter_symbols)
 
