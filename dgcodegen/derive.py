@@ -45,6 +45,10 @@ GAUSS_LEGENDRE_NODES = 8
 """Node count for mean-value integrands that are neither polynomial nor closed-form."""
 
 CLOSED_FORM_SECONDS = 5.0
+
+DISCRETE_GRADIENTS = {"mean-value": True, "gonzalez": True}
+"""Discrete gradients that `Derivation.symbolic_discrete_gradient` knows, each mapped to
+whether it is symmetric, `DG(x, y) = DG(y, x)`."""
 """Time bound for `sympy.integrate` on one loss term."""
 
 
@@ -296,6 +300,44 @@ class Derivation:
                 for j in range(self.n):
                     jac[i][j] += w * s * self.at(hess[i][j], point)
         return dg, jac
+
+    # Whole discrete gradients, for verification
+
+    def explicit(self, expr: sp.Expr) -> sp.Expr:
+        """Replace every divided-difference helper call by its direct quotient."""
+        for divided in self.divided_differences:
+            profile, variable = divided.profile, divided.variable
+
+            def quotient(a, b, *extra, profile=profile, variable=variable):  # noqa: ANN001, ANN202
+                return (profile.xreplace({variable: b}) - profile.xreplace({variable: a})) / (b - a)
+
+            expr = expr.replace(divided.function, quotient)
+        return expr
+
+    def one_sample_loss(self) -> sp.Expr:
+        """`V` for one sample with symbolic data: per-sample term plus data-free term.
+
+        Every discrete gradient here is linear in the loss, so an identity proven for this
+        expression, with the data entries as free symbols, holds for every data set and
+        both reductions.
+        """
+        return self.problem.sample_term + self.problem.free_term
+
+    def symbolic_discrete_gradient(self, method: str) -> list[sp.Expr]:
+        """Return DG(x, y) of the one-sample loss as explicit expressions in x, y and data."""
+        loss = self.one_sample_loss()
+        if method == "mean-value":
+            dg = [a + b for a, b in zip(self.mean_value("sample")[0], self.mean_value("free")[0])]
+            for ridge in self.ridges:
+                quotient = self.ridge_quotients(ridge)[0]
+                dg = [g + a * quotient for g, a in zip(dg, ridge.slope)]
+            return [self.explicit(g) for g in dg]
+        if method == "gonzalez":
+            grad_m = [self.at(diff(loss, t), self.m) for t in self.theta]
+            squared = sum(di**2 for di in self.d)
+            remainder = self.at(loss, self.y) - self.at(loss, self.x) - _dot(grad_m, self.d)
+            return [g + remainder / squared * di for g, di in zip(grad_m, self.d)]
+        raise DerivationError(f"unknown discrete gradient {method!r}")
 
     # Gonzalez midpoint discrete gradient
 
