@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 import sympy as sp
 
+from . import itoh_abe
 from .calculus import diff
 from .dsl import Loss
 from .errors import DerivationError
@@ -46,7 +47,12 @@ GAUSS_LEGENDRE_NODES = 8
 
 CLOSED_FORM_SECONDS = 5.0
 
-DISCRETE_GRADIENTS = {"mean-value": True, "gonzalez": True}
+DISCRETE_GRADIENTS = {
+    "mean-value": True,
+    "gonzalez": True,
+    "itoh-abe": False,
+    "itoh-abe-symmetric": True,
+}
 """Discrete gradients that `Derivation.symbolic_discrete_gradient` knows, each mapped to
 whether it is symmetric, `DG(x, y) = DG(y, x)`."""
 """Time bound for `sympy.integrate` on one loss term."""
@@ -337,7 +343,18 @@ class Derivation:
             squared = sum(di**2 for di in self.d)
             remainder = self.at(loss, self.y) - self.at(loss, self.x) - _dot(grad_m, self.d)
             return [g + remainder / squared * di for g, di in zip(grad_m, self.d)]
+        if method in ("itoh-abe", "itoh-abe-symmetric"):
+            orders = ("forward",) if method == "itoh-abe" else itoh_abe.ORDERS
+            parts = [itoh_abe.explicit_discrete_gradient(self, loss, o) for o in orders]
+            return [sum(values, sp.S.Zero) / len(parts) for values in zip(*parts)]
         raise DerivationError(f"unknown discrete gradient {method!r}")
+
+    def itoh_abe(self, part: str, order: str) -> tuple[list[sp.Expr], list[list[sp.Expr]]]:
+        """Return the Itoh-Abe discrete gradient of a part in `order` and its Jacobian in y."""
+        return self._cached(
+            (f"itoh_abe_{order}", part),
+            lambda: itoh_abe.dense_discrete_gradient(self, part, order),
+        )
 
     # Gonzalez midpoint discrete gradient
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .calculus import diff
+from . import itoh_abe
 from .derive import Derivation, _flatten
 
 log = logging.getLogger("dgcodegen")
@@ -41,6 +42,8 @@ class Block:
     kind: str
     dense: list[sp.Expr]
     ridge_coefficients: list[tuple[int, sp.Expr]] = field(default_factory=list)
+    coordinate_paths: list[tuple[int, str, float]] = field(default_factory=list)
+    """Itoh-Abe terms `(ridge, order, weight)`, summed along the coordinate path of `order`."""
 
 
 @dataclass
@@ -288,12 +291,60 @@ class KernelBuilder:
             ),
         ]
 
+    # Itoh-Abe
+
+    def itoh_abe(self) -> list[KernelSpec]:
+        dv, n = self.dv, self.n
+        specs = []
+        variants = (("itoh_abe", ("forward",)), ("itoh_abe_symmetric", itoh_abe.ORDERS))
+        for name, orders in variants:
+            weight = 1.0 / len(orders)
+
+            def paths(with_ridges: bool, orders=orders, weight=weight) -> list:
+                if not with_ridges:
+                    return []
+                return [(k, order, weight) for k in range(len(dv.ridges)) for order in orders]
+
+            def dg_blocks(part: str, with_ridges: bool, orders=orders, paths=paths) -> list[Block]:
+                values = [dv.itoh_abe(part, order)[0] for order in orders]
+                dense = [sum(entries, sp.S.Zero) / len(orders) for entries in zip(*values)]
+                return [Block("vector", dense, [], paths(with_ridges))]
+
+            def jac_blocks(part: str, with_ridges: bool, orders=orders, paths=paths) -> list[Block]:
+                values = [_flatten(dv.itoh_abe(part, order)[1]) for order in orders]
+                dense = [sum(entries, sp.S.Zero) / len(orders) for entries in zip(*values)]
+                return [Block("matrix", dense, [], paths(with_ridges))]
+
+            label = "Itoh-Abe" if len(orders) == 1 else "Symmetrized Itoh-Abe"
+            specs.append(
+                self._spec(
+                    f"dg_{name}",
+                    self.pair_arguments,
+                    (n,),
+                    dg_blocks,
+                    "identity",
+                    f"{label} discrete gradient: coordinate increments of V.",
+                )
+            )
+            specs.append(
+                self._spec(
+                    f"jac_{name}",
+                    self.pair_arguments,
+                    (n, n),
+                    jac_blocks,
+                    "identity",
+                    f"Jacobian in y of the {label} discrete gradient.",
+                )
+            )
+        return specs
+
     def all(self) -> list[KernelSpec]:
         """Return every kernel the runtime needs, in a fixed order."""
         started = time.perf_counter()
         kernels = [self.loss(), self.gradient(), self.hessian()]
         kernels += self.mean_value()
         kernels += self.gonzalez()
+        kernels += self.itoh_abe()
         log.info("derived %d kernels in %.2f s", len(kernels), time.perf_counter() - started)
         for line in self.dv.mean_value_report.methods:
             log.info("mean value by %s", line)

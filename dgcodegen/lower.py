@@ -114,7 +114,7 @@ def lower_kernel(
     n = derivation.n
     printer = NumbaPrinter(dict(names), helpers)
     exprs: list[sp.Expr] = []
-    plan: list[tuple[str, int, int | None]] = []  # (kind, offset or index, ridge or None)
+    plan: list[tuple[str, int, object]] = []  # (kind, offset or index, ridge details)
     offset = 0
     used_ridges: list[int] = []
     for block in spec.sample_blocks:
@@ -122,6 +122,12 @@ def lower_kernel(
             if value != 0:
                 plan.append(("entry", offset + index, None))
                 exprs.append(value)
+        for ridge, order, weight in block.coordinate_paths:
+            kind = "path" if block.kind == "vector" else "path_jacobian"
+            plan.append((kind, offset, (ridge, order, weight)))
+            exprs.append(derivation.at(derivation.ridges[ridge].z, derivation.x))
+            if ridge not in used_ridges:
+                used_ridges.append(ridge)
         for ridge, coefficient in block.ridge_coefficients:
             if coefficient != 0:
                 plan.append(("span" if block.kind == "vector" else "outer", offset, ridge))
@@ -141,6 +147,22 @@ def lower_kernel(
     for (kind, where, ridge), value in zip(plan, printed):
         if kind == "entry":
             accumulate.append({"kind": kind, "index": where, "value": value})
+        elif kind.startswith("path"):
+            ridge_index, order, weight = ridge
+            divided = derivation.ridges[ridge_index].divided
+            accumulate.append(
+                {
+                    "kind": kind,
+                    "offset": where,
+                    "start": value,
+                    "slope": ridge_index,
+                    "forward": order == "forward",
+                    "weight": repr(weight),
+                    "helper": divided.function.__name__,
+                    "helper_db": divided.derivative_function.__name__,
+                    "extra": "".join(f", {names[s]}" for s in divided.extra),
+                }
+            )
         else:
             accumulate.append({"kind": kind, "offset": where, "coefficient": value, "slope": ridge})
     slope_values = printed[len(plan) :]

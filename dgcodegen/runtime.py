@@ -27,10 +27,10 @@ from .progress import progress
 
 log = logging.getLogger("dgcodegen")
 
-METHODS = ("mean-value", "gonzalez")
+METHODS = ("mean-value", "gonzalez", "itoh-abe", "itoh-abe-symmetric")
 """Discrete gradients the runtime can use, as named on the command line."""
 
-_KERNEL_NAMES = {"mean-value": "mean_value", "gonzalez": "gonzalez"}
+_KERNEL_NAMES = {method: method.replace("-", "_") for method in METHODS}
 
 
 def cache_directory() -> Path:

@@ -285,6 +285,108 @@ jac_gonzalez_series = numba.njit(parallel=False, **OPTIONS)(_jac_gonzalez_series
 
 
 @numba.njit(**OPTIONS)
+def _dg_itoh_abe_free(x, y, total):
+    """Add the data-free term's quantities into total."""
+    x_0 = x[0]
+    x_1 = x[1]
+    y_0 = y[0]
+    y_1 = y[1]
+
+    t0 = 200.0*x_1
+    t1 = (y_0*y_0)
+    total[0] += -t0*x_0 - t0*y_0 + 100.0*t1*x_0 + 100.0*(x_0*x_0*x_0) + 100.0*(x_0*x_0)*y_0 + x_0 + 100.0*(y_0*y_0*y_0) + y_0 - 2.0
+    total[1] += -200.0*t1 + 100.0*x_1 + 100.0*y_1
+    return total
+
+
+def _dg_itoh_abe(x, y):
+    """Itoh-Abe discrete gradient: coordinate increments of V. (26 operations.)"""
+    total = np.zeros(2)
+    total = _dg_itoh_abe_free(x, y, total)
+    return total
+
+
+dg_itoh_abe = numba.njit(parallel=False, **OPTIONS)(_dg_itoh_abe)
+
+
+@numba.njit(**OPTIONS)
+def _jac_itoh_abe_free(x, y, total):
+    """Add the data-free term's quantities into total."""
+    x_0 = x[0]
+    x_1 = x[1]
+    y_0 = y[0]
+    y_1 = y[1]
+
+    total[0] += 100.0*(x_0*x_0) + 200.0*x_0*y_0 - 200.0*x_1 + 300.0*(y_0*y_0) + 1.0
+    total[2] += -400.0*y_0
+    total[3] += 100.0
+    return total
+
+
+def _jac_itoh_abe(x, y):
+    """Jacobian in y of the Itoh-Abe discrete gradient. (13 operations.)"""
+    total = np.zeros(4)
+    total = _jac_itoh_abe_free(x, y, total)
+    return total.reshape((2, 2))
+
+
+jac_itoh_abe = numba.njit(parallel=False, **OPTIONS)(_jac_itoh_abe)
+
+
+@numba.njit(**OPTIONS)
+def _dg_itoh_abe_symmetric_free(x, y, total):
+    """Add the data-free term's quantities into total."""
+    x_0 = x[0]
+    x_1 = x[1]
+    y_0 = y[0]
+    y_1 = y[1]
+
+    t0 = 100.0*x_1
+    t1 = 100.0*y_1
+    t2 = 100.0*(y_0*y_0)
+    t3 = 100.0*(x_0*x_0)
+    total[0] += -t0*x_0 - t0*y_0 - t1*x_0 - t1*y_0 + t2*x_0 + t3*y_0 + 100.0*(x_0*x_0*x_0) + x_0 + 100.0*(y_0*y_0*y_0) + y_0 - 2.0
+    total[1] += -t2 - t3 + 100.0*x_1 + 100.0*y_1
+    return total
+
+
+def _dg_itoh_abe_symmetric(x, y):
+    """Symmetrized Itoh-Abe discrete gradient: coordinate increments of V. (31 operations.)"""
+    total = np.zeros(2)
+    total = _dg_itoh_abe_symmetric_free(x, y, total)
+    return total
+
+
+dg_itoh_abe_symmetric = numba.njit(parallel=False, **OPTIONS)(_dg_itoh_abe_symmetric)
+
+
+@numba.njit(**OPTIONS)
+def _jac_itoh_abe_symmetric_free(x, y, total):
+    """Add the data-free term's quantities into total."""
+    x_0 = x[0]
+    x_1 = x[1]
+    y_0 = y[0]
+    y_1 = y[1]
+
+    t0 = 200.0*y_0
+    total[0] += t0*x_0 + 100.0*(x_0*x_0) - 100.0*x_1 + 300.0*(y_0*y_0) - 100.0*y_1 + 1.0
+    total[1] += -100.0*x_0 - 100.0*y_0
+    total[2] += -t0
+    total[3] += 100.0
+    return total
+
+
+def _jac_itoh_abe_symmetric(x, y):
+    """Jacobian in y of the Symmetrized Itoh-Abe discrete gradient. (18 operations.)"""
+    total = np.zeros(4)
+    total = _jac_itoh_abe_symmetric_free(x, y, total)
+    return total.reshape((2, 2))
+
+
+jac_itoh_abe_symmetric = numba.njit(parallel=False, **OPTIONS)(_jac_itoh_abe_symmetric)
+
+
+@numba.njit(**OPTIONS)
 def _combine_gonzalez_direct_dg(x, y, total):
     """grad V(m) + (V(y) - V(x) - grad V(m) . d) / |d|^2 d from totals [dV, grad V(m)]."""
     n = N_PARAMETERS
@@ -368,7 +470,7 @@ def jac_gonzalez(x, y):
     return jac_gonzalez_direct(x, y)
 
 
-KERNELS = ("loss", "gradient", "hessian", "dg_mean_value", "jac_mean_value", "dg_gonzalez_direct", "dg_gonzalez_series", "jac_gonzalez_direct", "jac_gonzalez_series", "dg_gonzalez", "jac_gonzalez")
+KERNELS = ("loss", "gradient", "hessian", "dg_mean_value", "jac_mean_value", "dg_gonzalez_direct", "dg_gonzalez_series", "jac_gonzalez_direct", "jac_gonzalez_series", "dg_itoh_abe", "jac_itoh_abe", "dg_itoh_abe_symmetric", "jac_itoh_abe_symmetric", "dg_gonzalez", "jac_gonzalez")
 
 
 def serial(name):
