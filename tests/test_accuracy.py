@@ -14,8 +14,10 @@ DISTANCES = (0.0, 1e-14, 1e-10, 1e-6, 1e-3, 9.9e-3, 1.01e-2, 0.1, 0.5, 1.0)
 TOLERANCE = 1e-8
 
 KERNELS = {
-    "mean-value": ("mean_value", "mean_value_jacobian"),
-    "gonzalez": ("gonzalez", "gonzalez_jacobian"),
+    "mean-value": ("mean_value", "mean_value_jacobian", {}),
+    "gonzalez": ("gonzalez", "gonzalez_jacobian", {}),
+    "itoh-abe": ("itoh_abe", "itoh_abe_jacobian", {"order": "forward"}),
+    "itoh-abe-symmetric": ("itoh_abe", "itoh_abe_jacobian", {"order": "symmetric"}),
 }
 
 
@@ -54,9 +56,9 @@ def logistic_reference(logistic_subset) -> Reference:
 @pytest.mark.parametrize("distance", DISTANCES)
 def test_rosenbrock_against_reference(rosenbrock, rosenbrock_reference, method, distance) -> None:
     x, y = pair_at(rosenbrock.n, distance)
-    dg_name, jacobian_name = KERNELS[method]
-    dg_exact = getattr(rosenbrock_reference, dg_name)(x, y)
-    jacobian_exact = getattr(rosenbrock_reference, jacobian_name)(x, y)
+    dg_name, jacobian_name, options = KERNELS[method]
+    dg_exact = getattr(rosenbrock_reference, dg_name)(x, y, **options)
+    jacobian_exact = getattr(rosenbrock_reference, jacobian_name)(x, y, **options)
     assert relative_error(rosenbrock.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
     assert relative_error(rosenbrock.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
 
@@ -66,9 +68,9 @@ def test_rosenbrock_against_reference(rosenbrock, rosenbrock_reference, method, 
 def test_logistic_against_reference(logistic_subset, logistic_reference, method, distance) -> None:
     logistic = logistic_subset
     x, y = pair_at(logistic.n, distance, seed=1)
-    dg_name, jacobian_name = KERNELS[method]
-    dg_exact = getattr(logistic_reference, dg_name)(x, y)
-    jacobian_exact = getattr(logistic_reference, jacobian_name)(x, y)
+    dg_name, jacobian_name, options = KERNELS[method]
+    dg_exact = getattr(logistic_reference, dg_name)(x, y, **options)
+    jacobian_exact = getattr(logistic_reference, jacobian_name)(x, y, **options)
     assert relative_error(logistic.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
     assert relative_error(logistic.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
 
@@ -86,3 +88,30 @@ def test_gonzalez_correction_near_coincidence(rosenbrock, rosenbrock_reference) 
         computed = rosenbrock.discrete_gradient("gonzalez")(x, y) - rosenbrock.gradient(midpoint)
         scale = np.abs(rosenbrock.gradient(midpoint)).max()
         assert np.abs(computed - exact).max() <= 1e-13 * scale
+
+
+@pytest.mark.parametrize("method", sorted(KERNELS))
+def test_logistic_some_coordinates_fixed(logistic_subset, logistic_reference, method) -> None:
+    """Coordinates with y_k = x_k take the series branch of their own quotient."""
+    x, y = pair_at(logistic_subset.n, 0.5, seed=3)
+    y[::2] = x[::2]
+    dg_name, jacobian_name, options = KERNELS[method]
+    dg_exact = getattr(logistic_reference, dg_name)(x, y, **options)
+    jacobian_exact = getattr(logistic_reference, jacobian_name)(x, y, **options)
+    assert relative_error(logistic_subset.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
+    assert relative_error(logistic_subset.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
+
+
+@pytest.mark.parametrize("method", sorted(KERNELS))
+def test_logistic_step_orthogonal_to_sample(logistic_subset, logistic_reference, method) -> None:
+    """A step with a . (y - x) = 0 for one sample leaves that sample's quotient at 0/0."""
+    x, y = pair_at(logistic_subset.n, 0.5, seed=4)
+    features, labels = logistic_subset.data
+    slope = -labels[0, 0] * np.append(features[0], 1.0)
+    d = y - x
+    y = x + (d - (d @ slope) / (slope @ slope) * slope)
+    dg_name, jacobian_name, options = KERNELS[method]
+    dg_exact = getattr(logistic_reference, dg_name)(x, y, **options)
+    jacobian_exact = getattr(logistic_reference, jacobian_name)(x, y, **options)
+    assert relative_error(logistic_subset.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
+    assert relative_error(logistic_subset.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
