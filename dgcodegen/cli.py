@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DgcodegenError
+from .errors import DgcodegenError, SpecError
 from .runtime import METHODS
 
 log = logging.getLogger("dgcodegen")
@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
     solve.add_argument(
+        "--solver",
+        choices=("newton", "coordinate"),
+        default="newton",
+        help="Newton's method on the whole step, or (itoh-abe only) one scalar equation "
+        "per coordinate without a Jacobian",
+    )
+    solve.add_argument(
         "--step", type=_positive_float, default=1.0, help="step size tau (default 1)"
     )
     solve.add_argument(
@@ -115,6 +122,11 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
     from .solve import read_data, report, train, write_json
     from .stepper import StepperOptions
 
+    if args.solver == "coordinate" and args.method != "itoh-abe":
+        raise SpecError(
+            f"--solver coordinate needs --method itoh-abe, not {args.method}: only the forward "
+            "Itoh-Abe step splits into one scalar equation per coordinate"
+        )
     problem = load_spec(args.spec)
     data = problem.validate_data(read_data(problem, args.data)) if args.data else None
     options = StepperOptions(
@@ -126,7 +138,7 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
         max_steps=args.max_steps,
     )
     compiled = compile_problem(problem, data, args.out, show_progress, methods=(args.method,))
-    result = train(compiled, args.method, options, show_progress)
+    result = train(compiled, args.method, options, show_progress, solver=args.solver)
     document = report(problem, args.method, options, result)
     print(f"{problem.name}: {result.message}")
     print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .coordinate import coordinate_descent
 from .dsl import Loss
 from .emit import write_atomic
 from .errors import SpecError
@@ -70,8 +71,13 @@ def train(
     method: str,
     options: StepperOptions,
     show_progress: bool = False,
+    solver: str = "newton",
 ) -> SolveResult:
-    """Run the discrete gradient method on a compiled problem."""
+    """Run the discrete gradient method on a compiled problem.
+
+    `solver` is "newton" (the whole implicit step) or "coordinate" (forward Itoh-Abe
+    only, one scalar equation per coordinate).
+    """
     progress_bar = None
     callback = None
     if show_progress:
@@ -87,15 +93,25 @@ def train(
 
     started = time.perf_counter()
     try:
-        result = discrete_gradient_descent(
-            compiled.loss,
-            compiled.gradient,
-            compiled.discrete_gradient(method),
-            compiled.jacobian(method),
-            compiled.problem.initial_point,
-            options,
-            callback,
-        )
+        if solver == "coordinate":
+            result = coordinate_descent(
+                compiled.loss,
+                compiled.gradient,
+                compiled.discrete_gradient(method),
+                compiled.problem.initial_point,
+                options,
+                callback,
+            )
+        else:
+            result = discrete_gradient_descent(
+                compiled.loss,
+                compiled.gradient,
+                compiled.discrete_gradient(method),
+                compiled.jacobian(method),
+                compiled.problem.initial_point,
+                options,
+                callback,
+            )
     finally:
         if progress_bar is not None:
             progress_bar.close()
