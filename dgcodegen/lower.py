@@ -55,6 +55,7 @@ class LoweredHelper:
     arguments: list[str]
     variable: str
     threshold: float
+    kinks: list[str] | None
     series_statements: list[tuple[str, str]]
     series_result: str
     direct_statements: list[tuple[str, str]]
@@ -214,6 +215,8 @@ def lower_helpers(derivation: Derivation, names: dict[sp.Symbol, str]) -> list[L
             ("derivative", divided.derivative_function),
         ):
             printer = NumbaPrinter({**names, a: "a", b: "b"}, helper_names)
+            kinks = divided.kinks()
+            kink_text = None if kinks is None else [printer.doprint(k) for k in kinks]
             series_statements, series, _ = _print_block([branches[f"{kind}_series"]], printer, "q")
             direct_statements, direct, _ = _print_block([branches[f"{kind}_direct"]], printer, "p")
             helpers.append(
@@ -222,6 +225,7 @@ def lower_helpers(derivation: Derivation, names: dict[sp.Symbol, str]) -> list[L
                     ["a", "b", *extra],
                     "b - a",
                     DIVIDED_DIFFERENCE_THRESHOLD,
+                    kink_text,
                     series_statements,
                     series[0],
                     direct_statements,

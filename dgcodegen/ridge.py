@@ -15,6 +15,7 @@ direct quotient there loses at most `eps |l| / h`, about `2e-14 |l|`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import sympy as sp
@@ -50,6 +51,32 @@ class DividedDifference:
     def derivative_function(self) -> type[sp.Function]:
         """Opaque SymPy function for `d/db` of the quotient."""
         return sp.Function(f"ddiff{self.index}_db", real=True)
+
+    def kinks(self) -> list[sp.Expr] | None:
+        """Points where the profile may not be smooth, or None when they are unknown.
+
+        They are the zeros, in `variable`, of the arguments of `Abs`, `sign` and
+        `Heaviside`, of the differences of `Max` and `Min` arguments, and of `Piecewise`
+        conditions. The series branch is valid only on intervals that contain none of them.
+        """
+        candidates = []
+        for node in sp.preorder_traversal(self.profile):
+            if isinstance(node, (sp.Abs, sp.sign, sp.Heaviside)):
+                candidates.append(node.args[0])
+            elif isinstance(node, (sp.Max, sp.Min)):
+                candidates += [p - q for p, q in zip(node.args, node.args[1:])]
+            elif isinstance(node, sp.Piecewise):
+                for piece in node.args:
+                    for relation in sp.preorder_traversal(piece.cond):
+                        if isinstance(relation, sp.core.relational.Relational):
+                            candidates.append(relation.lhs - relation.rhs)
+        points: list[sp.Expr] = []
+        for candidate in candidates:
+            roots = _linear_roots(candidate, self.variable)
+            if roots is None:
+                return None
+            points += [root for root in roots if root not in points]
+        return points
 
     def branches(self, a: sp.Symbol, b: sp.Symbol) -> dict[str, sp.Expr]:
         """Return the direct and series expressions of the quotient and of its `b`-derivative."""
@@ -103,3 +130,29 @@ def find_ridge(
         if not (outer.free_symbols & variable_set):
             return node, outer
     return None
+
+
+def _linear_roots(expr: sp.Expr, variable: sp.Symbol) -> list[sp.Expr] | None:
+    """Zeros of `expr` in `variable` when every `Abs` branch of it is affine, else None.
+
+    `Abs(u)` is replaced by `u` and by `-u` in turn, so `Abs(y z) - 1` gives `z = 1/y` and
+    `z = -1/y`. A branch of degree 0 in `variable` has no zero.
+    """
+    absolutes = sorted({n for n in sp.preorder_traversal(expr) if isinstance(n, sp.Abs)}, key=str)
+    if len(absolutes) > 4:
+        return None
+    roots: list[sp.Expr] = []
+    for signs in itertools.product((1, -1), repeat=len(absolutes)):
+        branch = expr.xreplace({a: s * a.args[0] for a, s in zip(absolutes, signs)})
+        if variable not in branch.free_symbols:
+            continue
+        if not branch.is_polynomial(variable):
+            return None
+        polynomial = sp.Poly(branch, variable)
+        if polynomial.degree() > 1:
+            return None
+        slope, offset = polynomial.all_coeffs()
+        root = sp.simplify(-offset / slope)
+        if root not in roots:
+            roots.append(root)
+    return roots
