@@ -11,7 +11,7 @@ Stages, each owned by one module, with data flowing one way:
 
 import logging
 
-from .dsl import Loss, data, parameter
+from .dsl import DiscreteGradient, Loss, data, parameter
 from .errors import DgcodegenError, SpecError
 from .functions import sigmoid, softplus
 
@@ -21,6 +21,7 @@ logging.getLogger("dgcodegen").addHandler(logging.NullHandler())
 
 __all__ = [
     "DgcodegenError",
+    "DiscreteGradient",
     "Loss",
     "SpecError",
     "data",

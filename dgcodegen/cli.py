@@ -1,4 +1,4 @@
-"""Command line: `dgcodegen demo`, `dgcodegen generate SPEC` and `dgcodegen solve SPEC`."""
+"""Command line: `dgcodegen demo`, `generate SPEC`, `solve SPEC` and `verify SPEC`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from .runtime import METHODS
 log = logging.getLogger("dgcodegen")
 
 EXIT_INVALID_INPUT = 1
+EXIT_VERIFICATION_FAILED = 1
+"""Exit code of `verify` when an identity failed."""
 EXIT_NOT_CONVERGED = 3
 """Exit code of `solve` when the run ended without converging (argparse uses 2)."""
 
@@ -88,11 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--tol",
         type=_positive_float,
         default=1e-8,
-        help="stop when |grad V| <= tol * max(1, |V|) (default 1e-8)",
+        help="stop when |grad V| <= tol * max(1, |grad V(x0)|) (default 1e-8)",
     )
     solve.add_argument("--max-steps", type=_positive_int, default=1000, help="maximum steps")
     solve.add_argument("--out", type=Path, help="folder for the generated kernels")
     solve.add_argument("--json", type=Path, help="write the run to this JSON file")
+
+    verify = commands.add_parser(
+        "verify", help="prove or check the discrete gradient identities of a spec"
+    )
+    verify.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
+    verify.add_argument("--json", type=Path, help="write the certificate to this JSON file")
+    verify.add_argument(
+        "--seed", type=int, default=0, help="seed of the random points of numerical checks"
+    )
     return parser
 
 
@@ -150,6 +161,22 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
     return 0 if result.converged else EXIT_NOT_CONVERGED
 
 
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .dsl import load_spec
+    from .emit import write_atomic
+    from .verify import verify
+
+    problem = load_spec(args.spec)
+    report = verify(problem, seed=args.seed)
+    print(report.certificate(), end="")
+    if args.json:
+        write_atomic(args.json, json.dumps(report.as_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if report.passed else EXIT_VERIFICATION_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return the exit code (1 for input errors)."""
     args = build_parser().parse_args(argv)
@@ -162,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args.json, args.method, show_progress)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "verify":
+            return _verify(args)
         return _solve(args, show_progress)
     except DgcodegenError as error:
         print(f"dgcodegen: error: {error}", file=sys.stderr)

@@ -129,10 +129,11 @@ def coordinate_descent(
     x = np.array(x0, dtype=float)
     value = float(loss(x))
     gradient_norm = float(np.linalg.norm(gradient(x)))
+    threshold = options.tol * max(1.0, gradient_norm)
     history = History()
     tau = options.step
     tolerance = 1e-15
-    while gradient_norm > options.tol * max(1.0, abs(value)):
+    while gradient_norm > threshold:
         if len(history.loss) >= options.max_steps:
             break
         y, evaluations, residual = coordinate_step(discrete_gradient, x, tau, tolerance)
@@ -152,7 +153,7 @@ def coordinate_descent(
             progress(len(history.loss), value, tau)
         if stalled:
             break
-    converged = gradient_norm <= options.tol * max(1.0, abs(value))
+    converged = gradient_norm <= threshold
     message = (
         f"converged: gradient norm {gradient_norm:.3e}"
         if converged

@@ -9,6 +9,9 @@ the loss is an ordinary SymPy expression::
     x = dg.data("x", 30)
     y = dg.data("y")
     problem = dg.Loss(per_sample=dg.softplus(-y * (w.dot(x) + b)), regularizer=w.dot(w) / 2)
+
+A spec may also supply discrete gradients written by hand, as `DiscreteGradient` values in
+`Loss(discrete_gradients=...)`; `dgcodegen verify` checks them like the derived ones.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import sympy as sp
@@ -32,6 +35,8 @@ from .functions import sigmoid, softplus
 Shape = tuple[int, ...]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*$")
+
+DISCRETE_GRADIENT_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*([_-][A-Za-z0-9]+)*$")
 
 SUPPORTED_FUNCTIONS: tuple[type, ...] = (
     sp.exp,
@@ -207,6 +212,26 @@ def _check_functions(expr: sp.Expr, what: str) -> None:
             raise SpecError(f"{what} contains the non-finite value {node}")
 
 
+@dataclass(frozen=True)
+class DiscreteGradient:
+    """A discrete gradient `DG(x, y)` of the one-sample loss, written by hand.
+
+    `function(x, y)` receives two n x 1 SymPy matrices of real symbols: the current and the
+    next flat parameter vector, with the parameters in declaration order and matrix
+    parameters row-major (the order of `Loss.parameter_symbols`). It returns the n entries
+    of `DG(x, y)` as a list or a SymPy matrix, in those symbols and the data symbols of
+    the spec. The loss it must be a discrete gradient of is `per_sample + regularizer`
+    (or `objective`) for one sample. `dgcodegen verify` checks it like a derived one.
+
+    Args:
+        function: maps `(x, y)` to the entries of `DG(x, y)`.
+        symmetric: whether `DG(x, y) = DG(y, x)`; verify checks the claim when it is true.
+    """
+
+    function: Callable[[sp.Matrix, sp.Matrix], Any]
+    symmetric: bool = False
+
+
 @dataclass
 class Loss:
     """A loss `reduction_i per_sample(params, data_i) + regularizer(params)`.
@@ -221,6 +246,8 @@ class Loss:
         initial: starting point, a mapping from parameter name to an array; missing
             parameters start at zero.
         name: identifier for generated code; the spec's file name by default.
+        discrete_gradients: hand-written discrete gradients by name, checked by
+            `dgcodegen verify`.
     """
 
     objective: Any = 0
@@ -230,6 +257,7 @@ class Loss:
     data: dict[str, Any] | None = None
     initial: dict[str, Any] | None = None
     name: str | None = None
+    discrete_gradients: dict[str, DiscreteGradient] | None = None
     parameters: list[Declaration] = field(init=False)
     columns: list[Declaration] = field(init=False)
 
@@ -246,6 +274,7 @@ class Loss:
         self._check_terms()
         self.default_data = self.validate_data(self.data) if self.data is not None else None
         self.initial_point = self._initial_vector(self.initial or {})
+        self._check_discrete_gradients()
 
     def _collect_declarations(self) -> None:
         declarations: list[Declaration] = []
@@ -276,6 +305,69 @@ class Loss:
         _check_functions(self.free_term, "the data-free term")
         if self.columns and self.sample_term == 0:
             raise SpecError("data columns are declared but there is no per-sample term")
+
+    def _check_discrete_gradients(self) -> None:
+        from .derive import DISCRETE_GRADIENTS
+
+        if self.discrete_gradients is None:
+            self.discrete_gradients = {}
+        if not isinstance(self.discrete_gradients, dict):
+            raise SpecError(
+                "discrete_gradients must be a dict from name to dg.DiscreteGradient, got a "
+                f"{type(self.discrete_gradients).__name__}"
+            )
+        n = len(self.parameter_symbols)
+        x = sp.Matrix([sp.Symbol(f"x_{i}", real=True) for i in range(n)])
+        y = sp.Matrix([sp.Symbol(f"y_{i}", real=True) for i in range(n)])
+        for name, value in self.discrete_gradients.items():
+            if not isinstance(name, str) or not DISCRETE_GRADIENT_NAME_PATTERN.match(name):
+                raise SpecError(
+                    f"invalid discrete gradient name {name!r}: use letters and digits, "
+                    "starting with a letter, with single '_' or '-' between parts"
+                )
+            if name in DISCRETE_GRADIENTS:
+                raise SpecError(
+                    f"the discrete gradient name {name!r} is taken by a derived discrete "
+                    "gradient; choose another name"
+                )
+            if not isinstance(value, DiscreteGradient):
+                raise SpecError(
+                    f"discrete gradient {name!r} is a {type(value).__name__}; wrap it as "
+                    "dg.DiscreteGradient(function, symmetric=...)"
+                )
+            self.evaluate_discrete_gradient(name, x, y)
+
+    def evaluate_discrete_gradient(
+        self, name: str, x: sp.MatrixBase, y: sp.MatrixBase
+    ) -> list[sp.Expr]:
+        """Call the hand-written discrete gradient `name` at `(x, y)` and check its entries.
+
+        Raises:
+            SpecError: when the function raises, returns the wrong number of entries or
+                something other than SymPy expressions, or uses a symbol other than the
+                entries of `x`, `y` and the data symbols.
+        """
+        what = f"discrete gradient {name!r}"
+        try:
+            result = self.discrete_gradients[name].function(x, y)
+        except Exception as error:
+            raise SpecError(f"{what} raised {type(error).__name__}: {error}") from error
+        entries = _discrete_gradient_entries(result, len(x), what)
+        allowed = set(x) | set(y) | {s for column in self.data_symbols for s in column}
+        for index, entry in enumerate(entries):
+            where = f"entry {index} of {what}"
+            for symbol in sorted(entry.free_symbols - allowed, key=lambda s: s.name):
+                if isinstance(symbol, ParameterSymbol):
+                    raise SpecError(
+                        f"{where} uses the parameter symbol {symbol.name!r}; write it in "
+                        "the x and y that the function receives"
+                    )
+                raise SpecError(
+                    f"{where} uses the unknown symbol {symbol.name!r}; use only the entries "
+                    "of x and y and the data symbols"
+                )
+            _check_functions(entry, where)
+        return entries
 
     @property
     def parameter_symbols(self) -> list[sp.Symbol]:
@@ -379,6 +471,37 @@ class Loss:
             ]
         )
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _discrete_gradient_entries(result: Any, n: int, what: str) -> list[sp.Expr]:
+    if isinstance(result, sp.MatrixBase):
+        if n not in result.shape or 1 not in result.shape:
+            raise SpecError(f"{what} returned a matrix of shape {result.shape}, expected ({n}, 1)")
+        result = list(result)
+    if not isinstance(result, (list, tuple)):
+        raise SpecError(
+            f"{what} returned a value of type {type(result).__name__}, expected a list or a "
+            f"SymPy matrix of {n} entries"
+        )
+    if len(result) != n:
+        raise SpecError(
+            f"{what} returned {len(result)} entries, expected {n}: one per parameter entry"
+        )
+    entries = []
+    for index, entry in enumerate(result):
+        try:
+            entry = sp.sympify(entry, strict=True)
+        except sp.SympifyError:
+            raise SpecError(
+                f"entry {index} of {what} is the {type(entry).__name__} {entry!r}, "
+                "not a SymPy expression"
+            ) from None
+        if not isinstance(entry, sp.Expr):
+            raise SpecError(
+                f"entry {index} of {what} is a {type(entry).__name__}, not a scalar expression"
+            )
+        entries.append(entry)
+    return entries
 
 
 def _column_array(column: Declaration, values: Any) -> np.ndarray:

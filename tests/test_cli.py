@@ -79,7 +79,7 @@ def _logistic_objective(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float) -
 def rosenbrock_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict]:
     """Solve Rosenbrock with the mean-value method and return the exit code and JSON."""
     out = tmp_path_factory.mktemp("rosenbrock") / "out.json"
-    arguments = ["solve", ROSENBROCK, "--step", "10", "--max-steps", "5000", "--tol", "1e-12"]
+    arguments = ["solve", ROSENBROCK, "--step", "10", "--max-steps", "5000", "--tol", "1e-13"]
     code = main([str(argument) for argument in arguments] + ["--json", str(out)])
     return code, json.loads(out.read_text(encoding="utf-8"))
 
@@ -132,7 +132,7 @@ def test_solve_rosenbrock_gonzalez(capsys: pytest.CaptureFixture[str], tmp_path:
     out = tmp_path / "gonzalez.json"
     code, stdout, _ = _run(
         capsys, "solve", ROSENBROCK, "--method", "gonzalez", "--step", "10",
-        "--max-steps", "5000", "--tol", "1e-12", "--json", out,
+        "--max-steps", "5000", "--tol", "1e-13", "--json", out,
     )  # fmt: skip
     document = json.loads(out.read_text(encoding="utf-8"))
     x = document["parameters"]["x"]

@@ -24,7 +24,7 @@ def test_coordinate_step_matches_newton_step(rosenbrock) -> None:
 
 
 def test_coordinate_descent_rosenbrock(rosenbrock) -> None:
-    options = StepperOptions(step=0.01, max_steps=20_000, tol=1e-10)
+    options = StepperOptions(step=0.01, max_steps=20_000, tol=1e-13)
     result = coordinate_descent(
         rosenbrock.loss,
         rosenbrock.gradient,
