@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DgcodegenError, SpecError
+from .errors import DgcodegenError, SolverError, SpecError
 from .runtime import METHODS
 
 log = logging.getLogger("dgcodegen")
@@ -46,23 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Derive exact discrete gradients of a symbolic loss, generate Numba "
         "kernels, and train with the implicit discrete gradient method.",
     )
+    # SUPPRESS keeps a subcommand from resetting a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log DEBUG details"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log warnings only, no progress bars",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log DEBUG details")
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="log warnings only, no progress bars"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train logistic regression on breast cancer data")
+    def add_command(name: str, help: str) -> argparse.ArgumentParser:
+        # The flags are accepted before and after the subcommand; either sets them.
+        command = commands.add_parser(name, help=help, parents=[common])
+        return command
+
+    demo = add_command("demo", "train logistic regression on breast cancer data")
     demo.add_argument(
         "--json", type=Path, help="write the run and the comparison to this JSON file"
     )
     demo.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
 
-    generate = commands.add_parser("generate", help="derive and render the kernels of a spec")
+    generate = add_command("generate", "derive and render the kernels of a spec")
     generate.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
     generate.add_argument("--out", type=Path, help="output folder (default: generated/<name>)")
 
-    solve = commands.add_parser("solve", help="train a spec with the discrete gradient method")
+    solve = add_command("solve", "train a spec with the discrete gradient method")
     solve.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
     solve.add_argument(
         "--data", type=Path, help="data file (.npz or .csv); default: the spec's data"
@@ -109,7 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    level = getattr(logging, os.environ.get("DGCODEGEN_LOG_LEVEL", ""), level)
+    configured = os.environ.get("DGCODEGEN_LOG_LEVEL", "").strip().upper()
+    if configured and not (verbose or quiet):
+        if configured in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            level = getattr(logging, configured)
+        else:
+            print(
+                f"dgcodegen: ignoring DGCODEGEN_LOG_LEVEL={configured!r}; "
+                "use DEBUG, INFO, WARNING or ERROR",
+                file=sys.stderr,
+            )
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -122,6 +148,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     problem = load_spec(args.spec)
     out = args.out or Path("generated") / problem.name
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out} is a file; give a folder for the generated package")
     directory = generate(problem, out)
     print(f"wrote kernels of {problem.name!r} to {directory}")
     return 0
@@ -130,7 +158,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _solve(args: argparse.Namespace, show_progress: bool) -> int:
     from .dsl import load_spec
     from .runtime import compile_problem
-    from .solve import read_data, report, train, write_json
+    from .solve import check_output_path, read_data, report, train, write_json
     from .stepper import StepperOptions
 
     if args.solver == "coordinate" and args.method != "itoh-abe":
@@ -138,13 +166,17 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
             f"--solver coordinate needs --method itoh-abe, not {args.method}: only the forward "
             "Itoh-Abe step splits into one scalar equation per coordinate"
         )
+    if args.json:
+        check_output_path(args.json)
+    if args.out and args.out.exists() and not args.out.is_dir():
+        raise SpecError(f"--out {args.out} is a file; give a folder for the generated package")
     problem = load_spec(args.spec)
     data = problem.validate_data(read_data(problem, args.data)) if args.data else None
     options = StepperOptions(
         step=args.step,
         schedule=args.schedule,
         growth=args.growth,
-        max_step=max(args.max_step, args.step),
+        max_step=args.max_step,
         tol=args.tol,
         max_steps=args.max_steps,
     )
@@ -185,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             from .demo import run_demo
+            from .solve import check_output_path
+
+            if args.json:
+                check_output_path(args.json)
 
             return run_demo(args.json, args.method, show_progress)
         if args.command == "generate":
@@ -192,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             return _verify(args)
         return _solve(args, show_progress)
+    except SolverError as error:
+        print(f"dgcodegen: error: {error}", file=sys.stderr)
+        print(
+            "dgcodegen: a smaller --step usually lets the implicit solve succeed", file=sys.stderr
+        )
+        return EXIT_INVALID_INPUT
     except DgcodegenError as error:
         print(f"dgcodegen: error: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT

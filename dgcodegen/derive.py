@@ -47,6 +47,9 @@ GAUSS_LEGENDRE_NODES = 8
 
 CLOSED_FORM_SECONDS = 5.0
 
+DENSE_WARNING_PARAMETERS = 20
+"""Above this parameter count a per-sample term without ridge form triggers a warning."""
+
 DISCRETE_GRADIENTS = {
     "mean-value": True,
     "gonzalez": True,
@@ -93,6 +96,14 @@ class Derivation:
         self._cache: dict[tuple[str, str], object] = {}
         self.ridges, rest = self._split_ridges(problem.sample_term)
         self.parts = {"sample": rest, "free": problem.free_term}
+        if rest != 0 and self.n > DENSE_WARNING_PARAMETERS:
+            log.warning(
+                "the per-sample term %s is not of the form l(a . x + c), so its kernels hold "
+                "about n^2 = %d expressions per sample; derivation and compilation may take "
+                "minutes",
+                _short(rest),
+                self.n**2,
+            )
 
     def _split_ridges(self, expr: sp.Expr) -> tuple[list[Ridge], sp.Expr]:
         """Split the per-sample term into ridge terms `l(z)` and a remainder.

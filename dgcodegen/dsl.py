@@ -22,9 +22,10 @@ import itertools
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import sympy as sp
@@ -65,22 +66,23 @@ SUPPORTED_FUNCTIONS: tuple[type, ...] = (
 class _Declared(sp.Symbol):
     """Real symbol for one entry of a declared parameter or data column.
 
-    The declared shape is part of the symbol's identity, so entries of `w` declared as a
-    2-vector and as a 3-vector are different symbols and a loss keeps its own `w`.
+    The declaration is part of the symbol's identity, so two declarations named `w` give
+    different symbols, a loss keeps its own `w`, and a loss using both is rejected.
     """
 
     _declared_shape: Shape
 
-    def __new__(cls, name: str, shape: Shape = ()) -> _Declared:
+    def __new__(cls, name: str, shape: Shape = (), order: int = 0) -> _Declared:
         symbol = sp.Symbol.__xnew__(cls, name, real=True)
         symbol._declared_shape = tuple(shape)
+        symbol._declaration_order = order
         return symbol
 
     def __getnewargs_ex__(self) -> tuple[tuple, dict]:
-        return (self.name, self._declared_shape), {}
+        return (self.name, self._declared_shape, self._declaration_order), {}
 
     def _hashable_content(self) -> tuple:
-        return super()._hashable_content() + (self._declared_shape,)
+        return super()._hashable_content() + (self._declared_shape, self._declaration_order)
 
 
 class ParameterSymbol(_Declared):
@@ -147,8 +149,9 @@ def _declare(name: str, shape: Shape, kind: str, symbol_class: type[_Declared]) 
         names = [name]
     else:
         names = [f"{name}[{', '.join(map(str, index))}]" for index in np.ndindex(*shape)]
-    symbols = tuple(symbol_class(n, shape) for n in names)
-    declaration = Declaration(name, shape, kind, symbols, next(_DECLARATION_COUNTER))
+    order = next(_DECLARATION_COUNTER)
+    symbols = tuple(symbol_class(n, shape, order) for n in names)
+    declaration = Declaration(name, shape, kind, symbols, order)
     for symbol in declaration.symbols:
         _REGISTRY[symbol] = declaration
     return declaration
@@ -270,6 +273,12 @@ class Loss:
             raise SpecError("give either objective or regularizer (both are the data-free term)")
         self.free_term = objective + regularizer
         self.sample_term = _as_scalar(self.per_sample or 0, "the per-sample term")
+        for what, term in (
+            ("the per-sample term", self.sample_term),
+            ("the data-free term", self.free_term),
+        ):
+            if term.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
+                raise SpecError(f"{what} is not finite: {term}; check for nan or inf constants")
         self._collect_declarations()
         self._check_terms()
         self.default_data = self.validate_data(self.data) if self.data is not None else None
@@ -292,9 +301,17 @@ class Loss:
         names = [d.name for d in self.parameters + self.columns]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise SpecError(f"the name {duplicates[0]!r} is declared twice with different shapes")
+            raise SpecError(
+                f"the loss uses two declarations named {duplicates[0]!r}; "
+                "give each parameter and data column its own name"
+            )
 
     def _check_terms(self) -> None:
+        if self.sample_term != 0 and not self.columns:
+            raise SpecError(
+                "the per-sample term uses no data column; pass a data-free loss as "
+                "objective= (or regularizer=) instead"
+            )
         data_in_free = [s.name for s in self.free_term.free_symbols if isinstance(s, DataSymbol)]
         if data_in_free:
             raise SpecError(
@@ -334,6 +351,16 @@ class Loss:
                 raise SpecError(
                     f"discrete gradient {name!r} is a {type(value).__name__}; wrap it as "
                     "dg.DiscreteGradient(function, symmetric=...)"
+                )
+            if not callable(value.function):
+                raise SpecError(
+                    f"discrete gradient {name!r} has the non-callable function "
+                    f"{value.function!r}; pass a function of (x, y)"
+                )
+            if not isinstance(value.symmetric, bool):
+                raise SpecError(
+                    f"discrete gradient {name!r} has symmetric={value.symmetric!r}; "
+                    "pass True or False"
                 )
             self.evaluate_discrete_gradient(name, x, y)
 
@@ -396,7 +423,10 @@ class Loss:
             return {}
         unknown = sorted(set(arrays) - {d.name for d in self.columns})
         if unknown:
-            raise SpecError(f"data given for the undeclared column {unknown[0]!r}")
+            raise SpecError(
+                f"data given for {unknown[0]!r}, which is not a data column the loss uses; "
+                f"the loss uses {[d.name for d in self.columns]}"
+            )
         result: dict[str, np.ndarray] = {}
         for column in self.columns:
             if column.name not in arrays:
@@ -413,7 +443,10 @@ class Loss:
         names = {d.name: d for d in self.parameters}
         unknown = sorted(set(initial) - set(names))
         if unknown:
-            raise SpecError(f"initial value given for the unknown parameter {unknown[0]!r}")
+            raise SpecError(
+                f"initial value given for {unknown[0]!r}, which is not a parameter the loss "
+                f"uses; the loss uses {[d.name for d in self.parameters]}"
+            )
         parts = []
         for declaration in self.parameters:
             try:

@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +34,41 @@ def read_data(problem: Loss, path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise SpecError(f"data file not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path) as archive:
-            return {name: archive[name] for name in archive.files}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise SpecError(
+                f"cannot read {path} as an .npz archive of numeric arrays: {error}; "
+                "write it with numpy.savez(path, name=array, ...)"
+            ) from error
     if path.suffix == ".csv":
-        return _read_csv(problem, path)
+        try:
+            return _read_csv(problem, path)
+        except UnicodeDecodeError as error:
+            raise SpecError(f"{path} is not UTF-8 text: {error}") from error
     raise SpecError(f"unsupported data file {path}: use .npz or .csv")
 
 
 def _read_csv(problem: Loss, path: Path) -> dict[str, np.ndarray]:
-    with path.open(newline="", encoding="utf-8") as stream:
+    # utf-8-sig drops the byte-order mark that spreadsheet programs write.
+    with path.open(newline="", encoding="utf-8-sig") as stream:
         reader = csv.reader(stream)
         header = next(reader, None)
         if header is None:
             raise SpecError(f"{path} is empty; it needs a header row naming the columns")
-        try:
-            rows = np.array([[float(v) for v in row] for row in reader], dtype=np.float64)
-        except ValueError as error:
-            raise SpecError(f"{path} has a non-numeric entry: {error}") from error
+        values = []
+        for row in reader:
+            if len(row) != len(header):
+                raise SpecError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header has "
+                    f"{len(header)}"
+                )
+            try:
+                values.append([float(v) for v in row])
+            except ValueError as error:
+                raise SpecError(f"{path}, line {reader.line_num}: {error}") from error
+        rows = np.array(values, dtype=np.float64).reshape(len(values), len(header))
     position = {name.strip(): index for index, name in enumerate(header)}
     result = {}
     for column in problem.columns:
@@ -148,6 +167,15 @@ def report(
         "message": result.message,
         "history": result.history.as_dict(),
     }
+
+
+def check_output_path(path: Path) -> None:
+    """Raise SpecError before a long run when `path` cannot be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"output path {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise SpecError(f"folder {path.parent} of the output {path} does not exist")
 
 
 def write_json(document: dict[str, Any], path: Path) -> None:

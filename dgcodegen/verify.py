@@ -13,7 +13,8 @@ is linear in the loss, so an identity proven for `V` holds for every data set an
 reductions.
 
 Each identity is first evaluated with 50-digit mpmath arithmetic at 20 random points. A
-relative error above 1e-40 at any of them makes the result `failed`, with that point.
+relative error above 1e-40 at any of them, measured against the size of the terms that
+cancel, makes the result `failed`, with that point.
 Otherwise SymPy tries to reduce the difference to zero, each attempt under a time bound:
 exact arithmetic on fractions of sparse polynomials whose generators are the symbols and
 function calls (`cancel` without its gcd computations), then `expand`,
@@ -21,7 +22,8 @@ function calls (`cancel` without its gcd computations), then `expand`,
 numerical agreement without one makes it `checked`. Consistency is proven through the
 truncated Laurent series of `DG(x, x + t d)` in `t`, whose coefficients up to `t^0` are then
 reduced the same way. The energy identity is `proven` when the mean-value identity is,
-because dotting `y - x + tau DG(x, y) = 0` with `y - x` gives it.
+because dotting `y - x + tau DG(x, y) = 0` with `y - x` gives it. Otherwise it is checked on
+steps that Newton's method solves at random `x` and `tau`.
 """
 
 from __future__ import annotations
@@ -80,11 +82,27 @@ ATTEMPT_SECONDS = {
 """Symbolic reductions in the order tried, with the time bound of each."""
 
 SERIES_SECONDS = 30.0
+"""Time bound for building the series of one discrete gradient in the consistency proof."""
+
 SERIES_PRECISIONS = (3, 5, 7)
 """Orders `P` of the series `DG(x, x + t d) + O(t^P)`, tried until the `t^0` term is known."""
 
 MODULES = [MPMATH_FUNCTIONS, "mpmath"]
 _SYMBOLIC_ERRORS = (TimeoutError, ArithmeticError, NotImplementedError, BasePolynomialError)
+
+NOTES = [
+    (
+        "V is the loss of one sample with the data entries as free symbols. Every discrete "
+        "gradient is linear in the loss, so an identity proven for V holds for every data "
+        "set and for both reductions."
+    ),
+    (
+        f"Numerical checks use {DIGITS}-digit mpmath at {POINTS} random points with |y - x| "
+        f"from {SPREAD[0]:g} to {SPREAD[1]:g}, and consistency uses y = x + 1e-45 d at "
+        f"{CONSISTENCY_DIGITS} digits."
+    ),
+]
+"""Sentences that every certificate ends with."""
 
 
 @dataclass
@@ -117,6 +135,8 @@ class Report:
 
     spec: str
     parameters: int
+    symmetric: dict[str, bool] = field(default_factory=dict)
+    """Whether each discrete gradient is declared symmetric, by name."""
     results: list[Result] = field(default_factory=list)
 
     @property
@@ -129,30 +149,25 @@ class Report:
             "dgcodegen_version": __version__,
             "parameters": self.parameters,
             "passed": self.passed,
+            "symmetric": self.symmetric,
             "notes": NOTES,
             "results": [result.as_dict() for result in self.results],
         }
 
     def certificate(self) -> str:
         """Render the report as text, one line per identity and discrete gradient."""
-        lines = [f"dgcodegen {__version__} verify: {self.spec} ({self.parameters} parameters)"]
-        lines += [f"{'identity':<12} {'discrete gradient':<20} result"]
+        names = [name + " (symmetric)" * self.symmetric[name] for name in self.symmetric]
+        lines = [
+            f"dgcodegen {__version__} verify: {self.spec} ({self.parameters} parameters)",
+            f"discrete gradients: {', '.join(names)}",
+            f"{'identity':<12} {'discrete gradient':<20} result",
+        ]
         for result in self.results:
             lines.append(f"{result.identity:<12} {result.discrete_gradient:<20} {result.method}")
         lines += NOTES
         failed = sum(result.status == FAILED for result in self.results)
         lines.append(f"{failed} identities failed." if failed else "No identity failed.")
         return "\n".join(lines) + "\n"
-
-
-NOTES = [
-    "V is the loss of one sample with the data entries as free symbols. Every discrete "
-    "gradient is linear in the loss, so an identity proven for V holds for every data set "
-    "and for both reductions.",
-    f"Numerical checks use {DIGITS}-digit mpmath at {POINTS} random points with |y - x| from "
-    f"{SPREAD[0]:g} to {SPREAD[1]:g}, and consistency uses y = x + 1e-45 d at "
-    f"{CONSISTENCY_DIGITS} digits.",
-]
 
 
 class _OutsideDomain(Exception):
@@ -165,17 +180,21 @@ class _OutsideDomain(Exception):
 def verify(problem: Loss, seed: int = 0) -> Report:
     """Check every derived and hand-written discrete gradient of `problem`.
 
+    Time bounds on the symbolic work apply on the main thread only, because they use
+    SIGALRM.
+
     Args:
         problem: the spec's loss.
         seed: seed of the random points of the numerical checks.
     """
+    started = time.perf_counter()
     derivation = Derivation(problem)
     sampler = _Sampler(derivation, seed)
     report = Report(problem.name or "problem", derivation.n)
     candidates = [(name, symmetric, None) for name, symmetric in DISCRETE_GRADIENTS.items()]
-    candidates += [(name, hand.symmetric, hand) for name, hand in problem.discrete_gradients.items()]
+    candidates += [(name, h.symmetric, h) for name, h in problem.discrete_gradients.items()]
     for name, symmetric, hand in candidates:
-        started = time.perf_counter()
+        report.symmetric[name] = symmetric
         try:
             if hand is None:
                 dg = derivation.symbolic_discrete_gradient(name)
@@ -184,11 +203,17 @@ def verify(problem: Loss, seed: int = 0) -> Report:
                 dg = problem.evaluate_discrete_gradient(name, x, y)
         except DgcodegenError as error:
             identities = ["mean-value", "consistency"] + ["symmetry"] * symmetric + ["energy"]
-            message = f"not derived: {error}"
-            report.results += [Result(i, name, FAILED, message) for i in identities]
+            report.results += [Result(i, name, FAILED, f"not derived: {error}") for i in identities]
             continue
         report.results += _verify_one(derivation, sampler, name, dg, symmetric)
-        log.info("verified %s in %.1f s", name, time.perf_counter() - started)
+    failed = sum(result.status == FAILED for result in report.results)
+    log.info(
+        "verified %d identities of %s, %d failed, in %.1f s",
+        len(report.results),
+        report.spec,
+        failed,
+        time.perf_counter() - started,
+    )
     return report
 
 
@@ -196,39 +221,41 @@ def _verify_one(
     derivation: Derivation, sampler: _Sampler, name: str, dg: list[sp.Expr], symmetric: bool
 ) -> list[Result]:
     x, y = derivation.x, derivation.y
-    value = sampler.value
     evaluate = sampler.compile(x + y, dg)
     loss = derivation.one_sample_loss()
     difference = _dot(dg, derivation.d) - (derivation.at(loss, y) - derivation.at(loss, x))
-    swap = {**dict(zip(x, y)), **dict(zip(y, x))}
     gradient = [derivation.at(diff(loss, t), x) for t in derivation.theta]
 
     def mean_value_error(point: _Point) -> mpmath.mpf:
-        g = evaluate(point.x + point.y, point.data)
-        dv = value(point.y, point.data) - value(point.x, point.data)
-        terms = [gi * (b - a) for gi, a, b in zip(g, point.x, point.y)]
-        scale = sum(abs(t) for t in terms) + abs(value(point.y, point.data))
-        return abs(sum(terms) - dv) / (scale + abs(value(point.x, point.data)))
-
-    def symmetry_error(point: _Point) -> mpmath.mpf:
-        forward = evaluate(point.x + point.y, point.data)
-        backward = evaluate(point.y + point.x, point.data)
-        return _relative(forward, backward)
+        terms = [
+            g * (b - a)
+            for g, a, b in zip(evaluate(point.x + point.y, point.data), point.x, point.y)
+        ]
+        before, after = sampler.value(point.x, point.data), sampler.value(point.y, point.data)
+        scale = sum(abs(term) for term in terms) + abs(before) + abs(after)
+        return _ratio(abs(sum(terms) - (after - before)), scale)
 
     def consistency_error(point: _Point) -> mpmath.mpf:
         with mpmath.workdps(CONSISTENCY_DIGITS):
             near = [a + CONSISTENCY_STEP * b for a, b in zip(point.x, point.direction)]
             return _relative(evaluate(point.x + near, point.data), sampler.gradient(point))
 
+    def symmetry_error(point: _Point) -> mpmath.mpf:
+        forward = evaluate(point.x + point.y, point.data)
+        return _relative(forward, evaluate(point.y + point.x, point.data))
+
     checks = [
         ("mean-value", mean_value_error, lambda: _prove_zero([difference])),
         ("consistency", consistency_error, lambda: _prove_consistency(derivation, dg, gradient)),
     ]
     if symmetric:
+        swap = {**dict(zip(x, y)), **dict(zip(y, x))}
         antisymmetric = [g - g.xreplace(swap) for g in dg]
         checks.append(("symmetry", symmetry_error, lambda: _prove_zero(antisymmetric)))
     results = [_check(identity, name, error, prove, sampler) for identity, error, prove in checks]
-    results.append(_energy(results[0], evaluate, sampler, name))
+    results.append(_check_energy(results[0], evaluate, sampler, name))
+    for result in results:
+        log.debug("%s identity of %s: %s", result.identity, name, result.method)
     return results
 
 
@@ -244,20 +271,17 @@ def _check(
     failure = sampler.find_failure(error, consistency=identity == "consistency")
     if failure is not None:
         result = Result(identity, name, FAILED, failure[0], failure[1])
+    elif (method := prove()) is None:
+        text = f"checked at {POINTS} points to {float(TOLERANCE):.0e}, no proof found"
+        result = Result(identity, name, CHECKED, text)
     else:
-        method = prove()
-        if method is None:
-            text = f"checked at {POINTS} points to {float(TOLERANCE):.0e}, no proof found"
-            result = Result(identity, name, CHECKED, text)
-        else:
-            result = Result(identity, name, PROVEN, f"proven by {method}")
+        result = Result(identity, name, PROVEN, f"proven by {method}")
     result.seconds = time.perf_counter() - started
-    log.debug("%s identity of %s: %s %s", identity, name, result.status, result.method)
     return result
 
 
-def _energy(mean_value: Result, evaluate: Callable, sampler: _Sampler, name: str) -> Result:
-    """Prove the energy identity from the mean-value identity, or check it by solving steps."""
+def _check_energy(mean_value: Result, evaluate: Callable, sampler: _Sampler, name: str) -> Result:
+    """Prove the energy identity from the mean-value identity, or check it on solved steps."""
     if mean_value.status == PROVEN:
         method = "proven: follows from the mean-value identity (dot the step with y - x)"
         return Result("energy", name, PROVEN, method)
@@ -283,22 +307,27 @@ class _Point:
     data: list[mpmath.mpf]
 
     def describe(self, names: list[str], consistency: bool) -> tuple[str, dict[str, Any]]:
-        point = {"x": [float(v) for v in self.x]}
+        """Return the point as text and as a JSON record; floats keep every digit drawn."""
+        point: dict[str, Any] = {"x": [float(v) for v in self.x]}
         if consistency:
             point["d"] = [float(v) for v in self.direction]
             point["t"] = float(CONSISTENCY_STEP)
         else:
             point["y"] = [float(v) for v in self.y]
-        point["data"] = {name: float(v) for name, v in zip(names, self.data)}
-        text = ", ".join(f"{key}={value}" for key, value in point.items() if value != {})
-        return text, point
+        if names:
+            point["data"] = {name: float(v) for name, v in zip(names, self.data)}
+        return ", ".join(f"{key}={value}" for key, value in point.items()), point
 
 
 class _Sampler:
-    """Random points and 50-digit evaluation of `V`, its gradient and discrete gradients."""
+    """Random points, and 50-digit evaluation of `V`, its gradient and discrete gradients.
+
+    Parameters and data entries are standard normal, and `|y - x|` runs log-uniformly
+    through SPREAD. All of them are doubles, so a reported point reproduces exactly.
+    """
 
     def __init__(self, derivation: Derivation, seed: int) -> None:
-        self.derivation = derivation
+        self.n = derivation.n
         self.seed = seed
         self.data_symbols = [s for column in derivation.problem.data_symbols for s in column]
         loss = derivation.one_sample_loss()
@@ -307,7 +336,7 @@ class _Sampler:
         self._gradient = self.compile(derivation.x, gradient)
 
     def compile(self, arguments: list[sp.Symbol], exprs: list[sp.Expr]) -> Callable:
-        """Lambdify `exprs` in `arguments` and the data symbols to checked mpmath values."""
+        """Lambdify `exprs` in `arguments` and the data symbols, returning real mpf values."""
         function = sp.lambdify(arguments + self.data_symbols, exprs, MODULES, cse=True)
 
         def evaluate(values: list[mpmath.mpf], data: list[mpmath.mpf]) -> list[mpmath.mpf]:
@@ -325,18 +354,17 @@ class _Sampler:
     def gradient(self, point: _Point) -> list[mpmath.mpf]:
         return self._gradient(point.x, point.data)
 
-    def points(self) -> Iterator[tuple[int, _Point]]:
-        """Yield (index, point) pairs, POINTS * 10 at most, `|y - x|` cycling through SPREAD."""
+    def points(self) -> Iterator[_Point]:
+        """Yield up to 10 * POINTS random points, so that POINTS of them can be in the domain."""
         rng = np.random.default_rng(self.seed)
-        n, low, high = self.derivation.n, math.log10(SPREAD[0]), math.log10(SPREAD[1])
-        for attempt in range(POINTS * 10):
-            x = rng.standard_normal(n)
-            direction = rng.standard_normal(n)
+        low, high = (math.log10(bound) for bound in SPREAD)
+        for attempt in range(10 * POINTS):
+            x = rng.standard_normal(self.n)
+            direction = rng.standard_normal(self.n)
             direction /= np.linalg.norm(direction)
-            step = 10 ** (low + (high - low) * (attempt % POINTS) / (POINTS - 1))
-            y = x + step * direction
+            y = x + 10 ** (low + (high - low) * (attempt % POINTS) / (POINTS - 1)) * direction
             data = rng.standard_normal(len(self.data_symbols))
-            yield attempt, _Point(*(_mpf_list(v) for v in (x, y, direction, data)))
+            yield _Point(*(_mpf_list(v) for v in (x, y, direction, data)))
 
     def find_failure(
         self, error: Callable[[_Point], mpmath.mpf], consistency: bool = False
@@ -344,7 +372,7 @@ class _Sampler:
         """Return the text and record of the first point with an error above TOLERANCE."""
         valid = 0
         with mpmath.workdps(DIGITS):
-            for _, point in self.points():
+            for point in self.points():
                 try:
                     relative = error(point)
                 except _OutsideDomain:
@@ -354,58 +382,64 @@ class _Sampler:
                 valid += 1
                 if valid == POINTS:
                     return None
-        return f"failed: no {POINTS} random points where V and DG are real", {}
+        return f"failed: fewer than {POINTS} random points where V and DG are real", {}
 
     def find_energy_failure(self, evaluate: Callable) -> tuple[str, dict[str, Any]] | None:
-        """Solve `y = x - tau DG(x, y)` at random x and tau and check the energy identity."""
+        """Solve `y = x - tau DG(x, y)` at random x and tau and check the energy identity.
+
+        The solve and the check run with 20 guard digits, because the residual of the step
+        enters the identity divided by `|y - x|`.
+        """
         rng = np.random.default_rng(self.seed + 1)
         valid = 0
-        with mpmath.workdps(DIGITS):
-            for _, point in self.points():
+        with mpmath.workdps(DIGITS + 20):
+            for point in self.points():
                 tau = mpmath.mpf(10 ** rng.uniform(-2, 0))
                 try:
                     y, tau = self._solve_step(evaluate, point, tau)
+                    if y is None:
+                        text, record = point.describe(self._names(), consistency=False)
+                        del record["y"]
+                        return f"failed: Newton did not converge at x={record['x']}", record
                     dv = self.value(y, point.data) - self.value(point.x, point.data)
                 except _OutsideDomain:
                     continue
-                if y is None:
-                    text, record = point.describe(self._names(), consistency=False)
-                    record.pop("y")
-                    return f"failed: the step did not converge at {text}", record
                 squared = sum((b - a) ** 2 for a, b in zip(point.x, y)) / tau
-                relative = abs(dv + squared) / (abs(dv) + squared)
+                relative = _ratio(abs(dv + squared), abs(dv) + squared)
                 if not relative <= TOLERANCE:
                     solved = _Point(point.x, y, point.direction, point.data)
-                    text, record = self._failure(solved, relative, False)
+                    text, record = self._failure(solved, relative, consistency=False)
                     record["tau"] = float(tau)
                     return f"{text}, tau={float(tau)}", record
                 valid += 1
                 if valid == POINTS:
                     return None
-        return f"failed: no {POINTS} random points where V and DG are real", {}
+        return f"failed: fewer than {POINTS} random points where V and DG are real", {}
 
     def _solve_step(self, evaluate: Callable, point: _Point, tau: mpmath.mpf):
-        """Newton's method on `y - x + tau DG(x, y) = 0`, shrinking tau tenfold on failure."""
+        """Run Newton on `y - x + tau DG(x, y) = 0`, shrinking tau tenfold after a failure.
+
+        Returns `(y, tau)`, with `y = None` when five values of tau failed.
+        """
         x, data = point.x, point.data
-        norm = lambda v: mpmath.norm(v, "inf")  # noqa: E731
+        tolerance = mpmath.mpf(10) ** -(DIGITS + 10)
         for _ in range(5):
 
             def residual(*y: mpmath.mpf, tau: mpmath.mpf = tau) -> list[mpmath.mpf]:
                 g = evaluate(list(x) + list(y), data)
                 return [b - a + tau * gi for a, b, gi in zip(x, y, g)]
 
-            gradient = self._gradient(x, data)
-            starts = [[a - tau * g for a, g in zip(x, gradient)], list(x)]
-            for start in starts:
+            explicit = [a - tau * g for a, g in zip(x, self._gradient(x, data))]
+            for start in (explicit, list(x)):
                 try:
-                    y = mpmath.findroot(
-                        residual, start, solver="mdnewton", norm=norm, verify=False, maxsteps=50
+                    found = mpmath.findroot(
+                        residual, start, solver="mdnewton", norm=_norm, verify=False, maxsteps=50
                     )
+                    y = [found[i] for i in range(self.n)]
+                    if _norm(residual(*y)) <= tolerance * max(1, _norm(y)):
+                        return y, tau
                 except (ZeroDivisionError, ValueError, _OutsideDomain):
                     continue
-                y = [y[i] for i in range(len(x))]
-                if norm(residual(*y)) <= TOLERANCE**1.2 * max(1, norm(y)):
-                    return y, tau
             tau /= 10
         return None, tau
 
@@ -435,10 +469,18 @@ def _mpf_list(values: np.ndarray) -> list[mpmath.mpf]:
     return [mpmath.mpf(float(v)) for v in values]
 
 
-def _relative(a: list[mpmath.mpf], b: list[mpmath.mpf]) -> mpmath.mpf:
-    scale = max(max(abs(v) for v in a), max(abs(v) for v in b))
-    difference = max(abs(u - v) for u, v in zip(a, b))
+def _norm(values: Any) -> mpmath.mpf:
+    return mpmath.norm(values, "inf")
+
+
+def _ratio(difference: mpmath.mpf, scale: mpmath.mpf) -> mpmath.mpf:
     return difference / scale if scale else difference
+
+
+def _relative(a: list[mpmath.mpf], b: list[mpmath.mpf]) -> mpmath.mpf:
+    """Return `max|a - b| / max(|a|, |b|)`, entrywise maxima."""
+    scale = max(max(abs(v) for v in a), max(abs(v) for v in b))
+    return _ratio(max(abs(u - v) for u, v in zip(a, b)), scale)
 
 
 def _dot(a: list[sp.Expr], b: list[sp.Expr]) -> sp.Expr:

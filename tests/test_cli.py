@@ -340,8 +340,62 @@ def test_csv_non_numeric_entry(
     path.write_text("u[0],u[1],v\n1,2,3\n4,five,6\n", encoding="utf-8")
     code, _, stderr = _run(capsys, "solve", regression_spec, "--data", path)
     assert code == 1
-    assert "non-numeric entry" in stderr
+    assert "text.csv, line 3" in stderr
     assert "five" in stderr
+
+
+def test_csv_short_row_names_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, regression_spec: Path
+) -> None:
+    path = tmp_path / "short_row.csv"
+    path.write_text("u[0],u[1],v\n1,2,3\n4,5\n", encoding="utf-8")
+    code, _, stderr = _run(capsys, "solve", regression_spec, "--data", path)
+    assert code == 1
+    assert "line 3: 2 fields, but the header has 3" in stderr
+
+
+def test_csv_with_byte_order_mark(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, regression_spec: Path
+) -> None:
+    path = tmp_path / "bom.csv"
+    text = "u[0],u[1],v\n" + "".join(f"{i},{i % 3},{2 * i}\n" for i in range(8))
+    path.write_text("\ufeff" + text, encoding="utf-8")
+    code, _, stderr = _run(capsys, "solve", regression_spec, "--data", path, "--max-steps", "2")
+    assert "no field" not in stderr
+    assert code in (0, 3)
+
+
+def test_corrupt_npz_rejected(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, regression_spec: Path
+) -> None:
+    path = tmp_path / "corrupt.npz"
+    path.write_bytes(b"not a zip archive")
+    code, _, stderr = _run(capsys, "solve", regression_spec, "--data", path)
+    assert code == 1
+    assert "cannot read" in stderr
+    assert "numpy.savez" in stderr
+
+
+def test_json_path_folder_rejected_early(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, stderr = _run(capsys, "solve", ROSENBROCK, "--json", tmp_path)
+    assert code == 1
+    assert "is a folder" in stderr
+
+
+def test_generate_out_file_rejected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("x", encoding="utf-8")
+    code, _, stderr = _run(capsys, "generate", ROSENBROCK, "--out", target)
+    assert code == 1
+    assert "is a file" in stderr
+
+
+def test_quiet_flag_after_subcommand(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, stderr = _run(capsys, "generate", ROSENBROCK, "--out", tmp_path / "k", "-q")
+    assert code == 0
+    assert "INFO" not in stderr
 
 
 def test_csv_nan_names_row(
