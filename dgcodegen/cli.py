@@ -113,9 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--out", type=Path, help="folder for the generated kernels")
     solve.add_argument("--json", type=Path, help="write the run to this JSON file")
 
-    verify = commands.add_parser(
-        "verify", help="prove or check the discrete gradient identities of a spec"
-    )
+    verify = add_command("verify", "prove or check the discrete gradient identities of a spec")
     verify.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
     verify.add_argument("--json", type=Path, help="write the certificate to this JSON file")
     verify.add_argument(
@@ -125,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if verbose:
+        level = logging.DEBUG
+    elif quiet:
+        level = logging.WARNING
     configured = os.environ.get("DGCODEGEN_LOG_LEVEL", "").strip().upper()
     if configured and not (verbose or quiet):
         if configured in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -194,17 +196,17 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    import json
-
     from .dsl import load_spec
-    from .emit import write_atomic
+    from .solve import check_output_path, write_json
     from .verify import verify
 
+    if args.json:
+        check_output_path(args.json)
     problem = load_spec(args.spec)
     report = verify(problem, seed=args.seed)
     print(report.certificate(), end="")
     if args.json:
-        write_atomic(args.json, json.dumps(report.as_dict(), indent=2) + "\n")
+        write_json(report.as_dict(), args.json)
         print(f"wrote {args.json}")
     return 0 if report.passed else EXIT_VERIFICATION_FAILED
 

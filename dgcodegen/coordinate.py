@@ -90,7 +90,7 @@ def coordinate_step(
     `|y_k - x_k + tau DG_k|` over the coordinates.
     """
     # NOTE: each scalar evaluation computes the whole discrete gradient vector, so a step
-    # costs O(n) kernel calls per coordinate; a kernel for one entry would remove the factor n.
+    # costs O(n) kernel calls per coordinate. A kernel for one entry would remove the factor n.
     point = x.copy()
     evaluations = 0
     residual = 0.0

@@ -56,7 +56,7 @@ DISCRETE_GRADIENTS = {
     "itoh-abe": False,
     "itoh-abe-symmetric": True,
 }
-"""Discrete gradients that `Derivation.symbolic_discrete_gradient` knows, each mapped to
+"""Discrete gradients that `Derivation.symbolic_discrete_gradient` derives, each mapped to
 whether it is symmetric, `DG(x, y) = DG(y, x)`."""
 """Time bound for `sympy.integrate` on one loss term."""
 
@@ -72,7 +72,7 @@ class Ridge:
 
 @dataclass
 class MeanValueReport:
-    """How the mean-value discrete gradient of each loss term was obtained."""
+    """Record of the method behind the mean-value discrete gradient of each loss term."""
 
     methods: list[str] = field(default_factory=list)
     quadrature_error: float = 0.0
