@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import sympy as sp
@@ -28,6 +25,7 @@ from .calculus import diff
 from .dsl import Loss
 from .errors import DerivationError
 from .ridge import DividedDifference, find_ridge
+from .timing import time_limit
 
 log = logging.getLogger("dgcodegen")
 
@@ -46,6 +44,7 @@ GAUSS_LEGENDRE_NODES = 8
 """Node count for mean-value integrands that are neither polynomial nor closed-form."""
 
 CLOSED_FORM_SECONDS = 5.0
+"""Time bound for `sympy.integrate` on one loss term."""
 
 DENSE_WARNING_PARAMETERS = 20
 """Above this parameter count a per-sample term without ridge form triggers a warning."""
@@ -58,7 +57,6 @@ DISCRETE_GRADIENTS = {
 }
 """Discrete gradients that `Derivation.symbolic_discrete_gradient` derives, each mapped to
 whether it is symmetric, `DG(x, y) = DG(y, x)`."""
-"""Time bound for `sympy.integrate` on one loss term."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +288,7 @@ class Derivation:
         grad = [diff(term, t) for t in self.theta]
         segment = [xi + s * di for xi, di in zip(self.x, self.d)]
         try:
-            with _time_limit(CLOSED_FORM_SECONDS):
+            with time_limit(CLOSED_FORM_SECONDS):
                 dg = []
                 for g in grad:
                     poly = sp.Poly(self.at(g, segment), s)
@@ -392,7 +390,7 @@ def _closed_form_segment_integral(derivation: Derivation, term: sp.Expr):
     s = sp.Symbol("s", real=True)
     segment = [xi + s * di for xi, di in zip(derivation.x, derivation.d)]
     try:
-        with _time_limit(CLOSED_FORM_SECONDS):
+        with time_limit(CLOSED_FORM_SECONDS):
             dg = []
             for t in derivation.theta:
                 integrand = derivation.at(diff(term, t), segment)
@@ -443,26 +441,6 @@ def _matches_quadrature(derivation: Derivation, term: sp.Expr, closed: list[sp.E
                 if abs(got[i] - expected) > mpmath.mpf("1e-20") * max(1, abs(expected)):
                     return False
     return True
-
-
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the block after `seconds`, on the main thread of Unix only."""
-    usable = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
-
-    def expire(signum, frame):  # noqa: ANN001 - signal handler signature
-        raise TimeoutError
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _gauss_legendre(nodes: int) -> tuple[list[sp.Float], list[sp.Float]]:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .calculus import diff
 from . import itoh_abe
+from .calculus import diff
 from .derive import Derivation, _flatten
 
 log = logging.getLogger("dgcodegen")
