@@ -22,6 +22,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .calculus import diff
+from .ridge import find_ridge
 
 ORDERS = ("forward", "reverse")
 
@@ -53,39 +54,75 @@ def explicit_discrete_gradient(derivation, expr: sp.Expr, order: str) -> list[sp
 def dense_discrete_gradient(derivation, part: str, order: str):  # noqa: ANN001, ANN201
     """Return the Itoh-Abe discrete gradient of a loss part and its Jacobian in y.
 
-    Polynomial quotients are cancelled exactly; other quotients become
+    Each additive term is handled on its own: polynomial quotients are cancelled exactly,
+    ridge terms `l(a . x + c)` become `a_k DD_l(z_k, z_{k+1})`, and other quotients become
     divided-difference helper calls, so the result stays finite at `y_k = x_k`.
     """
-    expr = derivation.parts[part]
     n = derivation.n
     dg = [sp.S.Zero] * n
     jac = [[sp.S.Zero] * n for _ in range(n)]
-    if not (expr.free_symbols & set(derivation.theta)):
-        return dg, jac
-    polynomial = expr.is_polynomial(*derivation.theta)
-    s = sp.Symbol("s", real=True)
     placeholder = sp.Symbol("z", real=True)
-    for step in range(n):
-        k = _coordinate(derivation, order, step)
-        point = path_point(derivation, order, step)
-        if polynomial:
-            after = derivation.at(expr, path_point(derivation, order, step + 1))
-            quotient = sp.cancel(
-                (after - derivation.at(expr, point)) / (derivation.y[k] - derivation.x[k])
-            )
-            dg[k] = sp.expand(quotient)
-            jac[k] = [diff(dg[k], yj) for yj in derivation.y]
+    for term in sp.Add.make_args(derivation.parts[part]):
+        if not (term.free_symbols & set(derivation.theta)):
             continue
+        if term.is_polynomial(*derivation.theta):
+            _add_polynomial(derivation, term, order, dg, jac)
+            continue
+        ridge = find_ridge(term, derivation.theta, placeholder)
+        if ridge is not None:
+            _add_ridge(derivation, *ridge, placeholder, order, dg, jac)
+        else:
+            _add_general(derivation, term, order, dg, jac, placeholder)
+    return dg, jac
+
+
+def _add_polynomial(derivation, term, order, dg, jac) -> None:  # noqa: ANN001
+    for step in range(derivation.n):
+        k = _coordinate(derivation, order, step)
+        if derivation.theta[k] not in term.free_symbols:
+            continue
+        before = derivation.at(term, path_point(derivation, order, step))
+        after = derivation.at(term, path_point(derivation, order, step + 1))
+        quotient = sp.expand(sp.cancel((after - before) / (derivation.y[k] - derivation.x[k])))
+        dg[k] += quotient
+        for j, yj in enumerate(derivation.y):
+            jac[k][j] += diff(quotient, yj)
+
+
+def _add_ridge(derivation, z, outer, placeholder, order, dg, jac) -> None:  # noqa: ANN001
+    divided = derivation.divided_difference_for(outer, placeholder)
+    slope = [diff(z, t) for t in derivation.theta]
+    changed: list[int] = []
+    for step in range(derivation.n):
+        k = _coordinate(derivation, order, step)
+        if slope[k] != 0:
+            start = derivation.at(z, path_point(derivation, order, step))
+            end = derivation.at(z, path_point(derivation, order, step + 1))
+            dg[k] += slope[k] * divided.function(start, end, *divided.extra)
+            at_start = divided.derivative_function(end, start, *divided.extra)
+            at_end = divided.derivative_function(start, end, *divided.extra)
+            for j in changed:
+                jac[k][j] += slope[k] * slope[j] * (at_start + at_end)
+            jac[k][k] += slope[k] ** 2 * at_end
+        changed.append(k)
+
+
+def _add_general(derivation, term, order, dg, jac, placeholder) -> None:  # noqa: ANN001
+    s = sp.Symbol("s", real=True)
+    for step in range(derivation.n):
+        k = _coordinate(derivation, order, step)
+        if derivation.theta[k] not in term.free_symbols:
+            continue
+        point = path_point(derivation, order, step)
         point[k] = s
-        profile = derivation.at(expr, point)
+        profile = derivation.at(term, point)
         divided = derivation.divided_difference_for(profile.xreplace({s: placeholder}), placeholder)
         arguments = (derivation.x[k], derivation.y[k], *divided.extra)
-        dg[k] = divided.function(*arguments)
+        dg[k] += divided.function(*arguments)
         for j, yj in enumerate(derivation.y):
             if j == k:
-                jac[k][j] = divided.derivative_function(*arguments)
+                jac[k][j] += divided.derivative_function(*arguments)
             elif yj in profile.free_symbols:
                 partial = diff(profile, yj).xreplace({s: placeholder})
                 entry = derivation.divided_difference_for(partial, placeholder)
-                jac[k][j] = entry.function(derivation.x[k], derivation.y[k], *entry.extra)
-    return dg, jac
+                jac[k][j] += entry.function(derivation.x[k], derivation.y[k], *entry.extra)
