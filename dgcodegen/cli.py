@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate = add_command("generate", "derive and render the kernels of a spec")
     generate.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
     generate.add_argument("--out", type=Path, help="output folder (default: generated/<name>)")
+    generate.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; print a diff and exit 1 if the files on disk differ",
+    )
 
     solve = add_command("solve", "train a spec with the discrete gradient method")
     solve.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
@@ -152,8 +157,38 @@ def _generate(args: argparse.Namespace) -> int:
     out = args.out or Path("generated") / problem.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out} is a file; give a folder for the generated package")
+    if args.check:
+        return _check_generated(problem, out)
     directory = generate(problem, out)
     print(f"wrote kernels of {problem.name!r} to {directory}")
+    return 0
+
+
+def _check_generated(problem, out: Path) -> int:  # noqa: ANN001 - a dsl.Loss
+    """Compare a fresh generation with the files in `out`; print a diff of any difference."""
+    import difflib
+
+    from .emit import render
+    from .lower import lower
+
+    stale = 0
+    for name, text in sorted(render(lower(problem), problem.fingerprint()).items()):
+        path = out / name
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current != text:
+            stale += 1
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    current.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    fromfile=f"{path} (on disk)",
+                    tofile=f"{path} (fresh)",
+                )
+            )
+    if stale:
+        print(f"{stale} file(s) in {out} are out of date; run `dgcodegen generate` to rewrite them")
+        return EXIT_INVALID_INPUT
+    print(f"{out} is up to date")
     return 0
 
 

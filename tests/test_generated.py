@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import EXAMPLES, GENERATED, ROOT
+from dgcodegen.cli import main
 from dgcodegen.dsl import load_spec
 from dgcodegen.emit import GENERATED_LINE, render
 from dgcodegen.lower import lower
@@ -47,3 +49,23 @@ def test_generation_ignores_hash_seed(tmp_path) -> None:
         subprocess.run([*command, "--out", str(out)], check=True, cwd=ROOT, env=environment)
         outputs.append((out / "kernels.py").read_bytes())
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_generate_check_passes(name: str, capsys) -> None:
+    arguments = ["generate", str(EXAMPLES / f"{name}.py"), "--out", str(GENERATED / name)]
+    assert main([*arguments, "--check"]) == 0
+    assert "is up to date" in capsys.readouterr().out
+
+
+def test_generate_check_reports_diff(tmp_path, capsys) -> None:
+    copy = tmp_path / "rosenbrock"
+    shutil.copytree(GENERATED / "rosenbrock", copy)
+    kernels = copy / "kernels.py"
+    kernels.write_text(kernels.read_text().replace("CHUNK = 256", "CHUNK = 255"))
+    arguments = ["generate", str(EXAMPLES / "rosenbrock.py"), "--out", str(copy), "--check"]
+    assert main(arguments) == 1
+    output = capsys.readouterr().out
+    assert "-CHUNK = 255" in output
+    assert "+CHUNK = 256" in output
+    assert "CHUNK = 255" in kernels.read_text()
