@@ -36,7 +36,7 @@ def path_point(derivation, order: str, k: int) -> list[sp.Expr]:  # noqa: ANN001
 
 
 def _coordinate(derivation, order: str, step: int) -> int:  # noqa: ANN001
-    """The coordinate that changes between path points `step` and `step + 1`."""
+    """Return the coordinate that changes between path points `step` and `step + 1`."""
     return step if order == "forward" else derivation.n - 1 - step
 
 

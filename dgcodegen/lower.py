@@ -108,16 +108,18 @@ def _print_block(
 BLOCK_SIZES = {"scalar": lambda n: 1, "vector": lambda n: n, "matrix": lambda n: n * n}
 
 
-def lower_kernel(
-    spec: KernelSpec, derivation: Derivation, names: dict[sp.Symbol, str], helpers: set[str]
-) -> LoweredKernel:
-    """Lower one kernel spec into printed statements."""
-    n = derivation.n
-    printer = NumbaPrinter(dict(names), helpers)
+def _plan_samples(
+    spec: KernelSpec, derivation: Derivation
+) -> tuple[list[tuple[str, int, object]], list[sp.Expr], list[int], int]:
+    """List what each sample adds: `(kind, offset or index, ridge details)` per item.
+
+    Returns the plan, the expressions to print (one per plan item, in order), the ridges
+    whose slopes the items use, and the total size of the accumulated blocks.
+    """
+    plan: list[tuple[str, int, object]] = []
     exprs: list[sp.Expr] = []
-    plan: list[tuple[str, int, object]] = []  # (kind, offset or index, ridge details)
-    offset = 0
     used_ridges: list[int] = []
+    offset = 0
     for block in spec.sample_blocks:
         for index, value in enumerate(block.dense):
             if value != 0:
@@ -135,15 +137,17 @@ def lower_kernel(
                 exprs.append(coefficient)
                 if ridge not in used_ridges:
                     used_ridges.append(ridge)
-        offset += BLOCK_SIZES[block.kind](n)
-    size = offset
-    slope_positions = []
-    for ridge in used_ridges:
-        for j, value in enumerate(derivation.ridges[ridge].slope):
-            if value != 0:
-                slope_positions.append((ridge, j))
-                exprs.append(value)
-    sample_statements, printed, sample_ops = _print_block(exprs, printer, "s")
+        offset += BLOCK_SIZES[block.kind](derivation.n)
+    return plan, exprs, used_ridges, offset
+
+
+def _accumulate_items(
+    plan: list[tuple[str, int, object]],
+    printed: list[str],
+    derivation: Derivation,
+    names: dict[sp.Symbol, str],
+) -> list[dict]:
+    """Turn the plan and its printed expressions into the template's accumulate items."""
     accumulate = []
     for (kind, where, ridge), value in zip(plan, printed):
         if kind == "entry":
@@ -166,6 +170,24 @@ def lower_kernel(
             )
         else:
             accumulate.append({"kind": kind, "offset": where, "coefficient": value, "slope": ridge})
+    return accumulate
+
+
+def lower_kernel(
+    spec: KernelSpec, derivation: Derivation, names: dict[sp.Symbol, str], helpers: set[str]
+) -> LoweredKernel:
+    """Lower one kernel spec into printed statements."""
+    printer = NumbaPrinter(dict(names), helpers)
+    plan, exprs, used_ridges, size = _plan_samples(spec, derivation)
+
+    slope_positions = []
+    for ridge in used_ridges:
+        for j, value in enumerate(derivation.ridges[ridge].slope):
+            if value != 0:
+                slope_positions.append((ridge, j))
+                exprs.append(value)
+    sample_statements, printed, sample_ops = _print_block(exprs, printer, "s")
+    accumulate = _accumulate_items(plan, printed, derivation, names)
     slope_values = printed[len(plan) :]
     slopes = [
         {
@@ -174,14 +196,16 @@ def lower_kernel(
         }
         for ridge in used_ridges
     ]
+
     free_exprs, free_indices, offset = [], [], 0
     for block in spec.free_blocks:
         for index, value in enumerate(block.dense):
             if value != 0:
                 free_exprs.append(value)
                 free_indices.append(offset + index)
-        offset += BLOCK_SIZES[block.kind](n)
+        offset += BLOCK_SIZES[block.kind](derivation.n)
     free_statements, free_printed, free_ops = _print_block(free_exprs, printer, "t")
+
     arguments = [
         {"name": a.name, "scalar": a.scalar, "unpack": [names[s] for s in a.symbols]}
         for a in spec.arguments

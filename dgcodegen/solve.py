@@ -27,7 +27,7 @@ log = logging.getLogger("dgcodegen")
 def read_data(problem: Loss, path: Path) -> dict[str, np.ndarray]:
     """Read data columns from `.npz` (one array per column) or `.csv`.
 
-    A CSV file has a header row; a scalar column `y` is the field `y` and entry `j` of a
+    A CSV file has a header row. A scalar column `y` is the field `y`, and entry `j` of a
     vector column `x` is the field `x[j]`.
     """
     path = Path(path)

@@ -47,7 +47,9 @@ def test_jinja_environment_is_strict() -> None:
     env = environment()
     assert env.undefined is jinja2.StrictUndefined
     assert env.autoescape is False
-    assert env.trim_blocks and env.lstrip_blocks and env.keep_trailing_newline
+    assert env.trim_blocks
+    assert env.lstrip_blocks
+    assert env.keep_trailing_newline
 
 
 def test_kernel_options_exclude_fastmath(tmp_path) -> None:
