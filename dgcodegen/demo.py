@@ -47,11 +47,13 @@ def scikit_learn_optimum(features: np.ndarray, labels: np.ndarray) -> tuple[floa
 
 def _table(history: dict[str, list]) -> list[str]:
     steps = len(history["loss"])
-    shown = sorted({s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, steps) if s <= steps})
+    shown_steps = sorted(
+        {s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, steps) if s <= steps}
+    )
     header = ("steps", "loss", "|y - x|", "newton", "residual", "energy id.")
     widths = (6, 20, 10, 6, 10, 10)
     lines = [" ".join(f"{name:>{width}}" for name, width in zip(header, widths))]
-    for s in shown:
+    for s in shown_steps:
         i = s - 1
         lines.append(
             f"{s:>6} {history['loss'][i]:>20.12f} {history['step_norm'][i]:>10.2e} "

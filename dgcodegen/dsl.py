@@ -182,37 +182,37 @@ def declaration_of(symbol: sp.Symbol) -> Declaration:
         ) from None
 
 
-def _as_scalar(expr: Any, what: str) -> sp.Expr:
+def _as_scalar(expr: Any, label: str) -> sp.Expr:
     if isinstance(expr, sp.MatrixBase):
         if expr.shape != (1, 1):
-            raise SpecError(f"{what} must be a scalar, but it is a matrix of shape {expr.shape}")
+            raise SpecError(f"{label} must be a scalar, but it is a matrix of shape {expr.shape}")
         expr = expr[0, 0]
     try:
         expr = sp.sympify(expr)
     except sp.SympifyError as error:
-        raise SpecError(f"{what} is not a SymPy expression: {expr!r}") from error
+        raise SpecError(f"{label} is not a SymPy expression: {expr!r}") from error
     if not isinstance(expr, sp.Expr):
-        raise SpecError(f"{what} must be a scalar expression, got {type(expr).__name__}")
+        raise SpecError(f"{label} must be a scalar expression, got {type(expr).__name__}")
     return expr
 
 
-def _check_functions(expr: sp.Expr, what: str) -> None:
+def _check_functions(expr: sp.Expr, label: str) -> None:
     for node in sp.preorder_traversal(expr):
         if isinstance(node, (sp.Derivative, sp.Integral, sp.Subs, sp.Sum, sp.Product, sp.Limit)):
             raise SpecError(
-                f"{what} contains the unevaluated {type(node).__name__} {node}; "
+                f"{label} contains the unevaluated {type(node).__name__} {node}; "
                 "evaluate it with .doit() or write it out explicitly"
             )
         if isinstance(node, sp.Function) and not isinstance(node, SUPPORTED_FUNCTIONS):
             names = ", ".join(sorted(f.__name__ for f in SUPPORTED_FUNCTIONS))
             raise SpecError(
-                f"{what} uses the unsupported function {type(node).__name__!s} in {node}; "
+                f"{label} uses the unsupported function {type(node).__name__!s} in {node}; "
                 f"supported functions: {names}"
             )
         if node.is_number and node.is_real is False and node.is_finite is not False:
-            raise SpecError(f"{what} contains the non-real number {node}")
+            raise SpecError(f"{label} contains the non-real number {node}")
         if node in (sp.oo, -sp.oo, sp.zoo, sp.nan):
-            raise SpecError(f"{what} contains the non-finite value {node}")
+            raise SpecError(f"{label} contains the non-finite value {node}")
 
 
 @dataclass(frozen=True)
@@ -273,12 +273,12 @@ class Loss:
             raise SpecError("give either objective or regularizer (both are the data-free term)")
         self.free_term = objective + regularizer
         self.sample_term = _as_scalar(self.per_sample or 0, "the per-sample term")
-        for what, term in (
+        for label, term in (
             ("the per-sample term", self.sample_term),
             ("the data-free term", self.free_term),
         ):
             if term.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
-                raise SpecError(f"{what} is not finite: {term}; check for nan or inf constants")
+                raise SpecError(f"{label} is not finite: {term}; check for nan or inf constants")
         self._collect_declarations()
         self._check_terms()
         self.default_data = self.validate_data(self.data) if self.data is not None else None
@@ -374,15 +374,15 @@ class Loss:
                 something other than SymPy expressions, or uses a symbol other than the
                 entries of `x`, `y` and the data symbols.
         """
-        what = f"discrete gradient {name!r}"
+        label = f"discrete gradient {name!r}"
         try:
             result = self.discrete_gradients[name].function(x, y)
         except Exception as error:
-            raise SpecError(f"{what} raised {type(error).__name__}: {error}") from error
-        entries = _discrete_gradient_entries(result, len(x), what)
+            raise SpecError(f"{label} raised {type(error).__name__}: {error}") from error
+        entries = _discrete_gradient_entries(result, len(x), label)
         allowed = set(x) | set(y) | {s for column in self.data_symbols for s in column}
         for index, entry in enumerate(entries):
-            where = f"entry {index} of {what}"
+            where = f"entry {index} of {label}"
             for symbol in sorted(entry.free_symbols - allowed, key=lambda s: s.name):
                 if isinstance(symbol, ParameterSymbol):
                     raise SpecError(
@@ -506,19 +506,19 @@ class Loss:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _discrete_gradient_entries(result: Any, n: int, what: str) -> list[sp.Expr]:
+def _discrete_gradient_entries(result: Any, n: int, label: str) -> list[sp.Expr]:
     if isinstance(result, sp.MatrixBase):
         if n not in result.shape or 1 not in result.shape:
-            raise SpecError(f"{what} returned a matrix of shape {result.shape}, expected ({n}, 1)")
+            raise SpecError(f"{label} returned a matrix of shape {result.shape}, expected ({n}, 1)")
         result = list(result)
     if not isinstance(result, (list, tuple)):
         raise SpecError(
-            f"{what} returned a value of type {type(result).__name__}, expected a list or a "
+            f"{label} returned a value of type {type(result).__name__}, expected a list or a "
             f"SymPy matrix of {n} entries"
         )
     if len(result) != n:
         raise SpecError(
-            f"{what} returned {len(result)} entries, expected {n}: one per parameter entry"
+            f"{label} returned {len(result)} entries, expected {n}: one per parameter entry"
         )
     entries = []
     for index, entry in enumerate(result):
@@ -526,12 +526,12 @@ def _discrete_gradient_entries(result: Any, n: int, what: str) -> list[sp.Expr]:
             entry = sp.sympify(entry, strict=True)
         except sp.SympifyError:
             raise SpecError(
-                f"entry {index} of {what} is the {type(entry).__name__} {entry!r}, "
+                f"entry {index} of {label} is the {type(entry).__name__} {entry!r}, "
                 "not a SymPy expression"
             ) from None
         if not isinstance(entry, sp.Expr):
             raise SpecError(
-                f"entry {index} of {what} is a {type(entry).__name__}, not a scalar expression"
+                f"entry {index} of {label} is a {type(entry).__name__}, not a scalar expression"
             )
         entries.append(entry)
     return entries

@@ -98,10 +98,10 @@ class CompiledProblem:
         self.data = tuple(validated[c.name] for c in problem.columns)
         self.n = len(problem.parameter_symbols)
 
-    def _vector(self, value: np.ndarray, what: str) -> np.ndarray:
+    def _vector(self, value: np.ndarray, label: str) -> np.ndarray:
         array = np.ascontiguousarray(value, dtype=np.float64)
         if array.shape != (self.n,):
-            raise SpecError(f"{what} has shape {array.shape}, expected ({self.n},)")
+            raise SpecError(f"{label} has shape {array.shape}, expected ({self.n},)")
         return array
 
     def loss(self, theta: np.ndarray) -> float:

@@ -21,6 +21,15 @@ KERNELS = {
 }
 
 
+def assert_matches_reference(compiled, reference, method: str, x, y) -> None:
+    """Assert that the kernel DG and Jacobian of `method` match the reference at (x, y)."""
+    dg_name, jacobian_name, options = KERNELS[method]
+    dg_exact = getattr(reference, dg_name)(x, y, **options)
+    jacobian_exact = getattr(reference, jacobian_name)(x, y, **options)
+    assert relative_error(compiled.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
+    assert relative_error(compiled.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
+
+
 def pair_at(n: int, distance: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(scale=0.5, size=n)
@@ -56,11 +65,7 @@ def logistic_reference(logistic_subset) -> Reference:
 @pytest.mark.parametrize("distance", DISTANCES)
 def test_rosenbrock_against_reference(rosenbrock, rosenbrock_reference, method, distance) -> None:
     x, y = pair_at(rosenbrock.n, distance)
-    dg_name, jacobian_name, options = KERNELS[method]
-    dg_exact = getattr(rosenbrock_reference, dg_name)(x, y, **options)
-    jacobian_exact = getattr(rosenbrock_reference, jacobian_name)(x, y, **options)
-    assert relative_error(rosenbrock.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
-    assert relative_error(rosenbrock.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
+    assert_matches_reference(rosenbrock, rosenbrock_reference, method, x, y)
 
 
 @pytest.mark.parametrize("method", sorted(KERNELS))
@@ -68,11 +73,7 @@ def test_rosenbrock_against_reference(rosenbrock, rosenbrock_reference, method, 
 def test_logistic_against_reference(logistic_subset, logistic_reference, method, distance) -> None:
     logistic = logistic_subset
     x, y = pair_at(logistic.n, distance, seed=1)
-    dg_name, jacobian_name, options = KERNELS[method]
-    dg_exact = getattr(logistic_reference, dg_name)(x, y, **options)
-    jacobian_exact = getattr(logistic_reference, jacobian_name)(x, y, **options)
-    assert relative_error(logistic.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
-    assert relative_error(logistic.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
+    assert_matches_reference(logistic, logistic_reference, method, x, y)
 
 
 def test_gonzalez_correction_near_coincidence(rosenbrock, rosenbrock_reference) -> None:
@@ -95,11 +96,7 @@ def test_logistic_some_coordinates_fixed(logistic_subset, logistic_reference, me
     """Coordinates with y_k = x_k take the series branch of their own quotient."""
     x, y = pair_at(logistic_subset.n, 0.5, seed=3)
     y[::2] = x[::2]
-    dg_name, jacobian_name, options = KERNELS[method]
-    dg_exact = getattr(logistic_reference, dg_name)(x, y, **options)
-    jacobian_exact = getattr(logistic_reference, jacobian_name)(x, y, **options)
-    assert relative_error(logistic_subset.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
-    assert relative_error(logistic_subset.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
+    assert_matches_reference(logistic_subset, logistic_reference, method, x, y)
 
 
 @pytest.mark.parametrize("method", sorted(KERNELS))
@@ -110,8 +107,4 @@ def test_logistic_step_orthogonal_to_sample(logistic_subset, logistic_reference,
     slope = -labels[0, 0] * np.append(features[0], 1.0)
     d = y - x
     y = x + (d - (d @ slope) / (slope @ slope) * slope)
-    dg_name, jacobian_name, options = KERNELS[method]
-    dg_exact = getattr(logistic_reference, dg_name)(x, y, **options)
-    jacobian_exact = getattr(logistic_reference, jacobian_name)(x, y, **options)
-    assert relative_error(logistic_subset.discrete_gradient(method)(x, y), dg_exact) <= TOLERANCE
-    assert relative_error(logistic_subset.jacobian(method)(x, y), jacobian_exact) <= TOLERANCE
+    assert_matches_reference(logistic_subset, logistic_reference, method, x, y)

@@ -54,5 +54,6 @@ def test_demo_gradient_descent_fails_at_step(demo) -> None:
 
 def test_demo_output_has_progress_table(demo) -> None:
     _, output, document = demo
-    assert "steps" in output and "energy id." in output
+    assert "steps" in output
+    assert "energy id." in output
     assert f"{document['steps']:>6}" in output
