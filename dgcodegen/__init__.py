@@ -14,18 +14,24 @@ import logging
 from .dsl import DiscreteGradient, Loss, data, parameter
 from .errors import DgcodegenError, SpecError
 from .functions import sigmoid, softplus
+from .network import Dense, Network
+from .system import System, state
 
 __version__ = "0.1.0"
 
 logging.getLogger("dgcodegen").addHandler(logging.NullHandler())
 
 __all__ = [
+    "Dense",
     "DgcodegenError",
     "DiscreteGradient",
     "Loss",
+    "Network",
     "SpecError",
+    "System",
     "data",
     "parameter",
     "sigmoid",
     "softplus",
+    "state",
 ]

@@ -8,36 +8,30 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DgcodegenError, SolverError, SpecError
-from .runtime import METHODS
+from .errors import DgcodegenError, SpecError
+from .network import Network
+from .network_cli import add_network_arguments, solve_network
+from .system import System
+from .system_cli import (
+    add_system_arguments,
+    check_loss_arguments,
+    generate_system_package,
+    solve_system,
+)
+from .training import (
+    EXIT_INVALID_INPUT,
+    EXIT_NOT_CONVERGED,
+    METHODS,
+    add_training_arguments,
+    report_error,
+)
 
 log = logging.getLogger("dgcodegen")
 
-EXIT_INVALID_INPUT = 1
 EXIT_VERIFICATION_FAILED = 1
 """Exit code of `verify` when an identity failed."""
-EXIT_NOT_CONVERGED = 3
-"""Exit code of `solve` when the run ended without converging (argparse uses 2)."""
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a finite number > 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 1")
-    return value
+__all__ = ["EXIT_INVALID_INPUT", "EXIT_NOT_CONVERGED", "EXIT_VERIFICATION_FAILED", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = add_command("generate", "derive and render the kernels of a spec")
     generate.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
-    generate.add_argument("--out", type=Path, help="output folder (default: generated/<name>)")
+    generate.add_argument(
+        "--out", type=Path, help="package folder to write (default: generated/<name>)"
+    )
     generate.add_argument(
         "--check",
         action="store_true",
@@ -87,36 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     solve = add_command("solve", "train a spec with the discrete gradient method")
     solve.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
     solve.add_argument(
-        "--data", type=Path, help="data file (.npz or .csv); default: the spec's data"
+        "--data",
+        type=Path,
+        help="data file (.csv, .npy or .npz, as described in the README); "
+        "default: the spec's data",
     )
-    solve.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
-    solve.add_argument(
-        "--solver",
-        choices=("newton", "coordinate"),
-        default="newton",
-        help="Newton's method on the whole step, or (itoh-abe only) one scalar equation "
-        "per coordinate without a Jacobian",
-    )
-    solve.add_argument(
-        "--step", type=_positive_float, default=1.0, help="step size tau (default 1)"
-    )
-    solve.add_argument(
-        "--schedule",
-        choices=("fixed", "grow"),
-        default="fixed",
-        help="keep tau fixed, or grow it by --growth after each accepted step",
-    )
-    solve.add_argument("--growth", type=_positive_float, default=2.0, help="growth factor of tau")
-    solve.add_argument("--max-step", type=_positive_float, default=1e8, help="upper bound on tau")
-    solve.add_argument(
-        "--tol",
-        type=_positive_float,
-        default=1e-8,
-        help="stop when |grad V| <= tol * max(1, |grad V(x0)|) (default 1e-8)",
-    )
-    solve.add_argument("--max-steps", type=_positive_int, default=1000, help="maximum steps")
+    add_training_arguments(solve)
+    add_system_arguments(solve)
+    add_network_arguments(solve)
     solve.add_argument("--out", type=Path, help="folder for the generated kernels")
-    solve.add_argument("--json", type=Path, help="write the run to this JSON file")
 
     verify = add_command("verify", "prove or check the discrete gradient identities of a spec")
     verify.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
@@ -157,22 +132,36 @@ def _generate(args: argparse.Namespace) -> int:
     out = args.out or Path("generated") / problem.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out} is a file; give a folder for the generated package")
+    if isinstance(problem, System):
+        return generate_system_package(problem, out, args.check)
     if args.check:
         return _check_generated(problem, out)
     directory = generate(problem, out)
-    print(f"wrote kernels of {problem.name!r} to {directory}")
+    if isinstance(problem, Network):
+        print(f"wrote the kernels of the network {problem.name!r} to {directory}")
+        return 0
+    print(f"wrote the standalone solver package of {problem.name!r} to {directory}")
+    if directory.name.isidentifier():
+        data = " --data FILE.csv" if problem.has_data else ""
+        print(f"run it with: cd {directory.parent} && python -m {directory.name}{data} --step TAU")
+    else:
+        log.warning(
+            "the folder name %r is not a Python identifier, so `python -m` cannot run the "
+            "package; rename the folder to run it",
+            directory.name,
+        )
     return 0
 
 
-def _check_generated(problem, out: Path) -> int:  # noqa: ANN001 - a dsl.Loss
+def _check_generated(problem, out: Path) -> int:  # noqa: ANN001 - a Loss or a Network
     """Compare a fresh generation with the files in `out`; print a diff of any difference."""
     import difflib
 
-    from .emit import render
-    from .lower import lower
+    from .runtime import render_files
 
     stale = 0
-    for name, text in sorted(render(lower(problem), problem.fingerprint()).items()):
+    files = render_files(problem)
+    for name, text in sorted(files.items()):
         path = out / name
         current = path.read_text(encoding="utf-8") if path.is_file() else ""
         if current != text:
@@ -195,50 +184,39 @@ def _check_generated(problem, out: Path) -> int:  # noqa: ANN001 - a dsl.Loss
 def _solve(args: argparse.Namespace, show_progress: bool) -> int:
     from .dsl import load_spec
     from .runtime import compile_problem
-    from .solve import check_output_path, read_data, report, train, write_json
-    from .stepper import StepperOptions
+    from .training import check_training_arguments, run_training
 
-    if args.solver == "coordinate" and args.method != "itoh-abe":
-        raise SpecError(
-            f"--solver coordinate needs --method itoh-abe, not {args.method}: only the forward "
-            "Itoh-Abe step splits into one scalar equation per coordinate"
-        )
-    if args.json:
-        check_output_path(args.json)
+    step = args.step
+    args.step = 1.0 if step is None else step
+    options = check_training_arguments(args)
+    args.step = step
     if args.out and args.out.exists() and not args.out.is_dir():
         raise SpecError(f"--out {args.out} is a file; give a folder for the generated package")
     problem = load_spec(args.spec)
-    data = problem.validate_data(read_data(problem, args.data)) if args.data else None
-    options = StepperOptions(
-        step=args.step,
-        schedule=args.schedule,
-        growth=args.growth,
-        max_step=args.max_step,
-        tol=args.tol,
-        max_steps=args.max_steps,
-    )
+    if isinstance(problem, System):
+        return solve_system(problem, args)
+    check_loss_arguments(args)
+    options = check_training_arguments(args)
+    if isinstance(problem, Network):
+        return solve_network(problem, args, options, show_progress)
+    data = problem.layout.read_data(args.data) if args.data else None
     compiled = compile_problem(problem, data, args.out, show_progress, methods=(args.method,))
-    result = train(compiled, args.method, options, show_progress, solver=args.solver)
-    document = report(problem, args.method, options, result)
-    print(f"{problem.name}: {result.message}")
-    print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
-    for name, value in document["parameters"].items():
-        print(f"{name} = {value}")
-    if args.json:
-        write_json(document, args.json)
-        print(f"wrote {args.json}")
-    return 0 if result.converged else EXIT_NOT_CONVERGED
+    return run_training(compiled, args, options, show_progress)
 
 
 def _verify(args: argparse.Namespace) -> int:
     from .dsl import load_spec
-    from .solve import check_output_path, write_json
+    from .training import check_output_path, write_json
+    from .system_verify import verify_system
     from .verify import verify
 
     if args.json:
         check_output_path(args.json)
     problem = load_spec(args.spec)
-    report = verify(problem, seed=args.seed)
+    if isinstance(problem, System):
+        report = verify_system(problem, seed=args.seed)
+    else:
+        report = verify(problem, seed=args.seed)
     print(report.certificate(), end="")
     if args.json:
         write_json(report.as_dict(), args.json)
@@ -254,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             from .demo import run_demo
-            from .solve import check_output_path
+            from .training import check_output_path
 
             if args.json:
                 check_output_path(args.json)
@@ -265,15 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             return _verify(args)
         return _solve(args, show_progress)
-    except SolverError as error:
-        print(f"dgcodegen: error: {error}", file=sys.stderr)
-        print(
-            "dgcodegen: a smaller --step usually lets the implicit solve succeed", file=sys.stderr
-        )
-        return EXIT_INVALID_INPUT
     except DgcodegenError as error:
-        print(f"dgcodegen: error: {error}", file=sys.stderr)
-        return EXIT_INVALID_INPUT
+        return report_error("dgcodegen", error)
 
 
 if __name__ == "__main__":

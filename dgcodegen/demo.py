@@ -15,8 +15,8 @@ import numpy as np
 from .dsl import load_spec
 from .emit import template_directory
 from .runtime import compile_problem
-from .solve import report, train, write_json
 from .stepper import StepperOptions, gradient_descent
+from .training import report, train, write_json
 
 log = logging.getLogger("dgcodegen")
 
@@ -88,7 +88,7 @@ def run_demo(
 
     options = StepperOptions(step=step, tol=1e-10, max_steps=5000)
     result = train(compiled, method, options, show_progress)
-    document = report(problem, method, options, result)
+    document = report(problem.layout, method, options, result)
     print(f"discrete gradient method ({method}) at the same step:")
     print("\n".join(_table(document["history"])))
 

@@ -20,7 +20,6 @@ import hashlib
 import importlib.util
 import itertools
 import math
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +31,15 @@ import sympy as sp
 
 from .errors import SpecError
 from .functions import sigmoid, softplus
+from .layout import Layout
+from .names import (
+    check_column_identifiers,
+    check_discrete_gradient_name,
+    check_name,
+    check_problem_name,
+)
 
 Shape = tuple[int, ...]
-
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*$")
-
-DISCRETE_GRADIENT_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*([_-][A-Za-z0-9]+)*$")
 
 SUPPORTED_FUNCTIONS: tuple[type, ...] = (
     sp.exp,
@@ -140,11 +142,7 @@ def _normalize_shape(name: str, shape: int | tuple[int, ...] | None, max_rank: i
 
 
 def _declare(name: str, shape: Shape, kind: str, symbol_class: type[_Declared]) -> Declaration:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise SpecError(
-            f"invalid {kind} name {name!r}: use letters and digits, starting with a letter, "
-            "with single underscores between parts"
-        )
+    check_name(name, kind)
     if shape == ():
         names = [name]
     else:
@@ -267,6 +265,8 @@ class Loss:
     def __post_init__(self) -> None:
         if self.reduction not in ("sum", "mean"):
             raise SpecError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
+        if self.name is not None:
+            check_problem_name(self.name)
         objective = _as_scalar(self.objective, "the objective")
         regularizer = _as_scalar(self.regularizer or 0, "the regularizer")
         if objective != 0 and regularizer != 0:
@@ -281,8 +281,8 @@ class Loss:
                 raise SpecError(f"{label} is not finite: {term}; check for nan or inf constants")
         self._collect_declarations()
         self._check_terms()
-        self.default_data = self.validate_data(self.data) if self.data is not None else None
         self.initial_point = self._initial_vector(self.initial or {})
+        self.default_data = self.validate_data(self.data) if self.data is not None else None
         self._check_discrete_gradients()
 
     def _collect_declarations(self) -> None:
@@ -305,6 +305,7 @@ class Loss:
                 f"the loss uses two declarations named {duplicates[0]!r}; "
                 "give each parameter and data column its own name"
             )
+        check_column_identifiers([(d.name, d.size) for d in self.columns])
 
     def _check_terms(self) -> None:
         if self.sample_term != 0 and not self.columns:
@@ -336,16 +337,20 @@ class Loss:
         n = len(self.parameter_symbols)
         x = sp.Matrix([sp.Symbol(f"x_{i}", real=True) for i in range(n)])
         y = sp.Matrix([sp.Symbol(f"y_{i}", real=True) for i in range(n)])
+        # Names are compared with '-' read as '_', the spelling of kernel names.
+        taken = {derived.replace("-", "_"): derived for derived in DISCRETE_GRADIENTS}
         for name, value in self.discrete_gradients.items():
-            if not isinstance(name, str) or not DISCRETE_GRADIENT_NAME_PATTERN.match(name):
-                raise SpecError(
-                    f"invalid discrete gradient name {name!r}: use letters and digits, "
-                    "starting with a letter, with single '_' or '-' between parts"
-                )
-            if name in DISCRETE_GRADIENTS:
+            check_discrete_gradient_name(name)
+            other = taken.setdefault(name.replace("-", "_"), name)
+            if other in DISCRETE_GRADIENTS:
                 raise SpecError(
                     f"the discrete gradient name {name!r} is taken by a derived discrete "
-                    "gradient; choose another name"
+                    f"gradient ({other!r}); choose another name"
+                )
+            if other != name:
+                raise SpecError(
+                    f"the discrete gradient names {other!r} and {name!r} differ only in '-' "
+                    "and '_'; choose names that differ in letters or digits"
                 )
             if not isinstance(value, DiscreteGradient):
                 raise SpecError(
@@ -410,6 +415,16 @@ class Loss:
     def has_data(self) -> bool:
         return bool(self.columns)
 
+    @property
+    def layout(self) -> Layout:
+        """Names, shapes and starting point, for code that runs without SymPy."""
+        return Layout(
+            name=self.name or "",
+            parameters=tuple((d.name, d.shape) for d in self.parameters),
+            columns=tuple((d.name, d.shape) for d in self.columns),
+            initial=tuple(float(v) for v in self.initial_point),
+        )
+
     def validate_data(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
         """Check data arrays against the declared columns and return them as 2-D float64.
 
@@ -417,27 +432,7 @@ class Loss:
             SpecError: for a missing or unknown column, a wrong shape, unequal sample
                 counts, or a `nan`/`inf` entry.
         """
-        if not self.columns:
-            if arrays:
-                raise SpecError(f"the loss declares no data columns, but data for {sorted(arrays)}")
-            return {}
-        unknown = sorted(set(arrays) - {d.name for d in self.columns})
-        if unknown:
-            raise SpecError(
-                f"data given for {unknown[0]!r}, which is not a data column the loss uses; "
-                f"the loss uses {[d.name for d in self.columns]}"
-            )
-        result: dict[str, np.ndarray] = {}
-        for column in self.columns:
-            if column.name not in arrays:
-                raise SpecError(f"missing data for the column {column.name!r}")
-            result[column.name] = _column_array(column, arrays[column.name])
-        counts = {name: len(array) for name, array in result.items()}
-        if len(set(counts.values())) > 1:
-            raise SpecError(f"data columns have different sample counts: {counts}")
-        if next(iter(counts.values())) == 0:
-            raise SpecError("the data has no samples")
-        return result
+        return self.layout.validate_data(arrays)
 
     def _initial_vector(self, initial: dict[str, Any]) -> np.ndarray:
         names = {d.name: d for d in self.parameters}
@@ -470,28 +465,11 @@ class Loss:
 
     def split_parameters(self, vector: np.ndarray) -> dict[str, np.ndarray]:
         """Split a flat parameter vector into arrays named and shaped as declared."""
-        result, offset = {}, 0
-        for declaration in self.parameters:
-            part = vector[offset : offset + declaration.size]
-            result[declaration.name] = part.reshape(declaration.shape)
-            offset += declaration.size
-        return result
+        return self.layout.split_parameters(vector)
 
     def join_parameters(self, values: dict[str, Any]) -> np.ndarray:
         """Flatten named parameter arrays into one vector; the inverse of `split_parameters`."""
-        missing = [d.name for d in self.parameters if d.name not in values]
-        if missing:
-            raise SpecError(f"no value given for the parameter {missing[0]!r}")
-        parts = []
-        for declaration in self.parameters:
-            value = np.asarray(values[declaration.name], dtype=np.float64)
-            if value.size != declaration.size:
-                raise SpecError(
-                    f"value of {declaration.name!r} has {value.size} entries, "
-                    f"expected {declaration.size} for shape {declaration.shape}"
-                )
-            parts.append(value.ravel())
-        return np.concatenate(parts)
+        return self.layout.join_parameters(values)
 
     def fingerprint(self) -> str:
         """Return a hash of everything that determines the generated code."""
@@ -537,31 +515,10 @@ def _discrete_gradient_entries(result: Any, n: int, label: str) -> list[sp.Expr]
     return entries
 
 
-def _column_array(column: Declaration, values: Any) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise SpecError(f"data for {column.name!r} is not numeric: {error}") from error
-    expected = column.shape
-    if expected == () and array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 1 + len(expected) or array.shape[1:] != expected:
-        want = "(n_samples,)" if expected == () else f"(n_samples, {expected[0]})"
-        raise SpecError(
-            f"data for {column.name!r} has shape {array.shape}, expected {want} "
-            f"as declared by dg.data({column.name!r}{', ' + str(expected[0]) if expected else ''})"
-        )
-    bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), column.size)).all(axis=1))
-    if bad.size:
-        raise SpecError(
-            f"data for {column.name!r} contains nan or inf in {bad.size} sample(s), "
-            f"first at row {bad[0]}; remove or impute those rows"
-        )
-    return np.ascontiguousarray(array.reshape(len(array), column.size))
-
-
 def load_spec(path: str | Path) -> Loss:
-    """Execute a Python spec file and return the problem it binds to `problem`.
+    """Load a spec: execute a Python file, or read a `.toml` file without executing anything.
+
+    A Python spec must bind a Loss to the name `problem`; see `toml_spec` for TOML specs.
 
     Raises:
         SpecError: when the file is missing, fails to run, or binds no Loss.
@@ -569,6 +526,10 @@ def load_spec(path: str | Path) -> Loss:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
+    if path.suffix == ".toml":
+        from .toml_spec import load_toml_spec
+
+        return load_toml_spec(path)
     module_name = f"_dgcodegen_spec_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -586,12 +547,15 @@ def load_spec(path: str | Path) -> Loss:
     finally:
         sys.modules.pop(module_name, None)
     problem = getattr(module, "problem", None)
-    if not isinstance(problem, Loss):
+    from .network import Network
+    from .system import System
+
+    if not isinstance(problem, (Loss, System, Network)):
         raise SpecError(
-            f"{path} must bind a dg.Loss to the name 'problem', found {type(problem).__name__}"
+            f"{path} must bind a dg.Loss, a dg.System or a dg.Network to the name 'problem', "
+            f"found {type(problem).__name__}"
         )
     if problem.name is None:
         problem.name = path.stem
-    if not NAME_PATTERN.match(problem.name):
-        raise SpecError(f"problem name {problem.name!r} is not a valid identifier; pass name=...")
+    check_problem_name(problem.name)
     return problem

@@ -17,6 +17,7 @@ import sympy as sp
 from .derive import Derivation
 from .dsl import Loss
 from .kernelspec import KernelBuilder, KernelSpec
+from .names import check_kernel_variables
 from .printer import NumbaPrinter
 from .progress import progress
 from .ridge import DIVIDED_DIFFERENCE_THRESHOLD
@@ -267,6 +268,7 @@ def lower(
     specs = KernelBuilder(derivation).all()
     started = time.perf_counter()
     names = _names_for(problem, derivation)
+    check_kernel_variables(names)
     helper_names = {
         f.__name__
         for d in derivation.divided_differences

@@ -13,24 +13,21 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from .dsl import Loss
-from .emit import render, write_package
+from .emit import render, render_network, write_package
 from .errors import SpecError
 from .lower import lower
+from .matrix_free import MatrixFreeKernels
+from .network import Network
 from .progress import progress
+from .training import METHODS, BoundKernels
 
 log = logging.getLogger("dgcodegen")
-
-METHODS = ("mean-value", "gonzalez", "itoh-abe", "itoh-abe-symmetric")
-"""Discrete gradients the runtime can use, as named on the command line."""
-
-_KERNEL_NAMES = {method: method.replace("-", "_") for method in METHODS}
 
 
 def cache_directory() -> Path:
@@ -42,14 +39,27 @@ def cache_directory() -> Path:
     return Path(base) / "dgcodegen"
 
 
-def generate(problem: Loss, out: Path | None = None, show_progress: bool = False) -> Path:
+def render_files(problem: Any, show_progress: bool = False) -> dict[str, str]:
+    """Render the generated package of a `Loss`, `System` or `Network`, by file name."""
+    from .integrate import render_system
+    from .system import System
+
+    if isinstance(problem, Network):
+        return render_network(problem)
+    if isinstance(problem, System):
+        return render_system(problem)
+    module = lower(problem, show_progress=show_progress)
+    return render(module, problem.fingerprint(), problem.layout)
+
+
+def generate(problem: Any, out: Path | None = None, show_progress: bool = False) -> Path:
     """Derive and render the kernels of `problem` into `out` and return that folder.
 
     Without `out`, the kernels go to a folder of the cache named after the problem and
     a hash of the generated source, so a changed spec never reuses stale kernels.
     """
     started = time.perf_counter()
-    files = render(lower(problem, show_progress=show_progress), problem.fingerprint())
+    files = render_files(problem, show_progress)
     if out is None:
         digest = hashlib.sha256(files["kernels.py"].encode()).hexdigest()[:16]
         out = cache_directory() / f"{problem.name}-{digest}"
@@ -75,8 +85,8 @@ def load_kernels(directory: Path) -> ModuleType:
     return module
 
 
-class CompiledProblem:
-    """Generated kernels of a problem with its data bound.
+class CompiledProblem(BoundKernels):
+    """Generated kernels of a declared loss with its data bound.
 
     Args:
         problem: the declared loss.
@@ -85,8 +95,6 @@ class CompiledProblem:
     """
 
     def __init__(self, problem: Loss, kernels: ModuleType, data: dict[str, Any] | None) -> None:
-        self.problem = problem
-        self.kernels = kernels
         if data is None:
             if problem.has_data and problem.default_data is None:
                 raise SpecError(
@@ -94,43 +102,8 @@ class CompiledProblem:
                     "or give data={...} in the spec"
                 )
             data = problem.default_data or {}
-        validated = problem.validate_data(data)
-        self.data = tuple(validated[c.name] for c in problem.columns)
-        self.n = len(problem.parameter_symbols)
-
-    def _vector(self, value: np.ndarray, label: str) -> np.ndarray:
-        array = np.ascontiguousarray(value, dtype=np.float64)
-        if array.shape != (self.n,):
-            raise SpecError(f"{label} has shape {array.shape}, expected ({self.n},)")
-        return array
-
-    def loss(self, theta: np.ndarray) -> float:
-        return float(self.kernels.loss(self._vector(theta, "theta"), *self.data))
-
-    def gradient(self, theta: np.ndarray) -> np.ndarray:
-        return self.kernels.gradient(self._vector(theta, "theta"), *self.data)
-
-    def hessian(self, theta: np.ndarray) -> np.ndarray:
-        return self.kernels.hessian(self._vector(theta, "theta"), *self.data)
-
-    def _pair_kernel(self, prefix: str, method: str) -> Callable[[np.ndarray, np.ndarray], Any]:
-        if method not in METHODS:
-            raise SpecError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        kernel = getattr(self.kernels, f"{prefix}_{_KERNEL_NAMES[method]}")
-        data = self.data
-
-        def evaluate(x: np.ndarray, y: np.ndarray) -> Any:
-            return kernel(self._vector(x, "x"), self._vector(y, "y"), *data)
-
-        return evaluate
-
-    def discrete_gradient(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """Return `DG(x, y)` of the named method."""
-        return self._pair_kernel("dg", method)
-
-    def jacobian(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """Return `d DG(x, y) / d y` of the named method."""
-        return self._pair_kernel("jac", method)
+        super().__init__(kernels, problem.layout, data)
+        self.problem = problem
 
     def warm_up(self, methods: tuple[str, ...] = METHODS, show_progress: bool = False) -> None:
         """Compile (or load from Numba's cache) every kernel the methods use."""
@@ -162,3 +135,35 @@ def compile_problem(
     compiled = CompiledProblem(problem, load_kernels(directory), data)
     compiled.warm_up(methods, show_progress)
     return compiled
+
+
+def compile_network(
+    network: Network,
+    data: dict[str, Any] | None = None,
+    out: Path | None = None,
+    show_progress: bool = False,
+) -> MatrixFreeKernels:
+    """Generate, import and compile the kernels of a network, with `data` bound."""
+    if data is None:
+        if network.default_data is None:
+            raise SpecError(
+                f"the network {network.name!r} has no default data: pass --data FILE "
+                "or give data={...} in the spec"
+            )
+        data = network.default_data
+    directory = generate(network, out, show_progress)
+    bound = MatrixFreeKernels(load_kernels(directory), network.layout, data)
+    started = time.perf_counter()
+    x = network.initial_point.copy()
+    for _label, call in progress(
+        [
+            ("loss", lambda: bound.loss(x)),
+            ("gradient", lambda: bound.loss_gradient(x)),
+            ("hvp", lambda: bound.hvp(x, x)),
+        ],
+        "compiling kernels",
+        show_progress,
+    ):
+        call()
+    log.info("compiled network kernels in %.2f s", time.perf_counter() - started)
+    return bound

@@ -310,7 +310,7 @@ def test_unsupported_data_suffix(
     path.write_text("u[0],u[1],v\n1,2,3\n", encoding="utf-8")
     code, _, stderr = _run(capsys, "solve", regression_spec, "--data", path)
     assert code == 1
-    assert "use .npz or .csv" in stderr
+    assert "use .npz, .npy or .csv" in stderr
 
 
 def test_data_wrong_column_shape(

@@ -512,7 +512,7 @@ def test_load_spec_syntax_error(tmp_path: Path) -> None:
 
 def test_load_spec_without_problem(tmp_path: Path) -> None:
     spec = _write(tmp_path / "no_problem.py", "import dgcodegen as dg\nw = dg.parameter('w')\n")
-    with pytest.raises(SpecError, match="bind a dg.Loss to the name 'problem'") as error:
+    with pytest.raises(SpecError, match="must bind a dg.Loss") as error:
         load_spec(spec)
     assert "NoneType" in str(error.value)
 

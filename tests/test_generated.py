@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES, GENERATED, ROOT
+
 from dgcodegen.cli import main
 from dgcodegen.dsl import load_spec
-from dgcodegen.emit import GENERATED_LINE, render
-from dgcodegen.lower import lower
+from dgcodegen.emit import GENERATED_LINE
+from dgcodegen.runtime import render_files
 
 EXAMPLE_NAMES = sorted(path.stem for path in EXAMPLES.glob("*.py"))
 
@@ -22,7 +22,7 @@ EXAMPLE_NAMES = sorted(path.stem for path in EXAMPLES.glob("*.py"))
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_generated_is_up_to_date(name: str) -> None:
     problem = load_spec(EXAMPLES / f"{name}.py")
-    fresh = render(lower(problem), problem.fingerprint())
+    fresh = render_files(problem)
     for file_name, text in fresh.items():
         path = GENERATED / name / file_name
         assert path.is_file(), f"{path} is missing; run `dgcodegen generate examples/{name}.py`"

@@ -12,6 +12,7 @@ parallel and serial results are identical and no two threads write the same entr
 """
 
 import math
+import warnings
 
 import numba
 import numpy as np
@@ -20,7 +21,33 @@ from numba import prange
 CHUNK = 256
 N_PARAMETERS = 31
 GONZALEZ_SERIES_THRESHOLD = 0.01
-OPTIONS = {"cache": True, "error_model": "numpy", "fastmath": False}
+
+
+def _cache_is_usable():
+    """Return whether Numba can cache functions of this file, with one warning if not.
+
+    Numba caches next to the source, else in NUMBA_CACHE_DIR or the user's cache folder. When
+    none is writable, as in a read-only installation without a home folder, `cache=True`
+    raises at decoration time, so the kernels compile on every run instead.
+    """
+
+    def probe():
+        return 0
+
+    try:
+        numba.njit(cache=True)(probe)
+    except RuntimeError as error:
+        warnings.warn(
+            f"the kernels of {__name__} compile on every run because Numba cannot cache "
+            f"them: {error}; set NUMBA_CACHE_DIR to a writable folder to cache them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+OPTIONS = {"cache": _cache_is_usable(), "error_model": "numpy", "fastmath": False}
 
 
 @numba.njit(**OPTIONS)

@@ -1,0 +1,302 @@
+"""Train generated kernels with the discrete gradient method and report the run as JSON.
+
+`dgcodegen solve` and the `__main__` of a standalone generated package both run through
+this module, so the two give the same options, the same run and the same JSON. It imports
+only NumPy, the standard library and sibling modules that do the same, because
+`dgcodegen generate` copies it into standalone packages. tqdm draws a progress bar when it
+is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .coordinate import coordinate_descent
+from .errors import DgcodegenError, SolverError, SpecError
+from .files import write_atomic
+from .layout import Layout
+from .stepper import SolveResult, StepperOptions, discrete_gradient_descent
+
+log = logging.getLogger("dgcodegen")
+
+METHODS = ("mean-value", "gonzalez", "itoh-abe", "itoh-abe-symmetric")
+"""Discrete gradients of every generated module, as named on the command line."""
+
+EXIT_INVALID_INPUT = 1
+"""Exit code for invalid input and failed solves."""
+
+EXIT_NOT_CONVERGED = 3
+"""Exit code of a run that ended without converging (argparse uses 2)."""
+
+_KERNEL_NAMES = {method: method.replace("-", "_") for method in METHODS}
+
+
+class BoundKernels:
+    """Generated kernels with the data bound, taking flat float64 parameter vectors.
+
+    Args:
+        kernels: the imported generated `kernels` module.
+        layout: names, shapes and starting point of the problem.
+        data: arrays by column name, checked against `layout`.
+    """
+
+    def __init__(self, kernels: ModuleType, layout: Layout, data: dict[str, Any]) -> None:
+        self.kernels = kernels
+        self.layout = layout
+        validated = layout.validate_data(data)
+        self.data = tuple(validated[name] for name, _ in layout.columns)
+        self.n = layout.size
+
+    def _vector(self, value: np.ndarray, label: str) -> np.ndarray:
+        array = np.ascontiguousarray(value, dtype=np.float64)
+        if array.shape != (self.n,):
+            raise SpecError(f"{label} has shape {array.shape}, expected ({self.n},)")
+        return array
+
+    def loss(self, theta: np.ndarray) -> float:
+        return float(self.kernels.loss(self._vector(theta, "theta"), *self.data))
+
+    def gradient(self, theta: np.ndarray) -> np.ndarray:
+        return self.kernels.gradient(self._vector(theta, "theta"), *self.data)
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray:
+        return self.kernels.hessian(self._vector(theta, "theta"), *self.data)
+
+    def _pair_kernel(self, prefix: str, method: str) -> Callable[[np.ndarray, np.ndarray], Any]:
+        if method not in METHODS:
+            raise SpecError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        kernel = getattr(self.kernels, f"{prefix}_{_KERNEL_NAMES[method]}")
+        data = self.data
+
+        def evaluate(x: np.ndarray, y: np.ndarray) -> Any:
+            return kernel(self._vector(x, "x"), self._vector(y, "y"), *data)
+
+        return evaluate
+
+    def discrete_gradient(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Return `DG(x, y)` of the named method."""
+        return self._pair_kernel("dg", method)
+
+    def jacobian(self, method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """Return `d DG(x, y) / d y` of the named method."""
+        return self._pair_kernel("jac", method)
+
+
+def train(
+    bound: BoundKernels,
+    method: str,
+    options: StepperOptions,
+    show_progress: bool = False,
+    solver: str = "newton",
+) -> SolveResult:
+    """Run the discrete gradient method from the layout's starting point.
+
+    `solver` is "newton" (the whole implicit step) or "coordinate" (forward Itoh-Abe
+    only, one scalar equation per coordinate).
+    """
+    progress_bar = _progress_bar(options.max_steps, method) if show_progress else None
+    callback = None
+    if progress_bar is not None:
+
+        def callback(step: int, loss: float, tau: float) -> None:
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{loss:.6g}", tau=f"{tau:.3g}")
+
+    started = time.perf_counter()
+    x0 = bound.layout.initial_point()
+    try:
+        if solver == "coordinate":
+            result = coordinate_descent(
+                bound.loss, bound.gradient, bound.discrete_gradient(method), x0, options, callback
+            )
+        else:
+            result = discrete_gradient_descent(
+                bound.loss,
+                bound.gradient,
+                bound.discrete_gradient(method),
+                bound.jacobian(method),
+                x0,
+                options,
+                callback,
+            )
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+    log.info(
+        "solved with %s in %.2f s: %d steps, loss %.12g, converged %s",
+        method,
+        time.perf_counter() - started,
+        result.steps,
+        result.loss,
+        result.converged,
+    )
+    return result
+
+
+def _progress_bar(total: int, method: str) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=f"{method} steps", unit="step", leave=False)
+
+
+def report(
+    layout: Layout, method: str, options: StepperOptions, result: SolveResult
+) -> dict[str, Any]:
+    """Return the JSON document of a run."""
+    parameters = {
+        name: np.asarray(value).tolist()
+        for name, value in layout.split_parameters(result.x).items()
+    }
+    return {
+        "problem": layout.name,
+        "method": method,
+        "step": options.step,
+        "schedule": options.schedule,
+        "tol": options.tol,
+        "parameters": parameters,
+        "loss": result.loss,
+        "gradient_norm": result.gradient_norm,
+        "converged": result.converged,
+        "steps": result.steps,
+        "message": result.message,
+        "history": result.history.as_dict(),
+    }
+
+
+def check_output_path(path: Path) -> None:
+    """Raise SpecError before a long run when `path` cannot be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"output path {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise SpecError(f"folder {path.parent} of the output {path} does not exist")
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    """Write `document` atomically; non-finite floats become null rather than invalid JSON."""
+    text = json.dumps(_finite(document), indent=2, allow_nan=False) + "\n"
+    write_atomic(Path(path), text)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Parse a command-line value that must be a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a finite number > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Parse a command-line value that must be an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 1")
+    return value
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the method, solver, step-size and output options of a training run."""
+    parser.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
+    parser.add_argument(
+        "--solver",
+        choices=("newton", "coordinate"),
+        default="newton",
+        help="Newton's method on the whole step, or (itoh-abe only) one scalar equation "
+        "per coordinate without a Jacobian",
+    )
+    parser.add_argument(
+        "--step", type=positive_float, default=1.0, help="step size tau (default 1)"
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("fixed", "grow"),
+        default="fixed",
+        help="keep tau fixed, or grow it by --growth after each accepted step",
+    )
+    parser.add_argument("--growth", type=positive_float, default=2.0, help="growth factor of tau")
+    parser.add_argument("--max-step", type=positive_float, default=1e8, help="upper bound on tau")
+    parser.add_argument(
+        "--tol",
+        type=positive_float,
+        default=1e-8,
+        help="stop when |grad V| <= tol * max(1, |grad V(x0)|) (default 1e-8)",
+    )
+    parser.add_argument("--max-steps", type=positive_int, default=1000, help="maximum steps")
+    parser.add_argument("--json", type=Path, help="write the run to this JSON file")
+
+
+def check_training_arguments(args: argparse.Namespace) -> StepperOptions:
+    """Check the training options before any slow work and return the stepper options."""
+    if args.solver == "coordinate" and args.method != "itoh-abe":
+        raise SpecError(
+            f"--solver coordinate needs --method itoh-abe, not {args.method}: only the forward "
+            "Itoh-Abe step splits into one scalar equation per coordinate"
+        )
+    if args.json:
+        check_output_path(args.json)
+    return StepperOptions(
+        step=args.step,
+        schedule=args.schedule,
+        growth=args.growth,
+        max_step=args.max_step,
+        tol=args.tol,
+        max_steps=args.max_steps,
+    )
+
+
+def run_training(
+    bound: BoundKernels,
+    args: argparse.Namespace,
+    options: StepperOptions,
+    show_progress: bool,
+) -> int:
+    """Train, print a summary, write the JSON file if requested, and return the exit code."""
+    result = train(bound, args.method, options, show_progress, solver=args.solver)
+    document = report(bound.layout, args.method, options, result)
+    print(f"{bound.layout.name}: {result.message}")
+    print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
+    for name, value in document["parameters"].items():
+        print(f"{name} = {value}")
+    if args.json:
+        write_json(document, args.json)
+        print(f"wrote {args.json}")
+    return 0 if result.converged else EXIT_NOT_CONVERGED
+
+
+def report_error(program: str, error: DgcodegenError) -> int:
+    """Print an error for the command line and return its exit code."""
+    print(f"{program}: error: {error}", file=sys.stderr)
+    if isinstance(error, SolverError):
+        print(
+            f"{program}: a smaller --step usually lets the implicit solve succeed", file=sys.stderr
+        )
+    return EXIT_INVALID_INPUT

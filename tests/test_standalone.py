@@ -1,0 +1,191 @@
+"""Standalone packages from `dgcodegen generate`: they run with only NumPy and Numba.
+
+The solver runs in a virtual environment whose site-packages holds links to NumPy, Numba
+and llvmlite (Numba's own dependency) and nothing else, so an import of SymPy or dgcodegen
+inside the package would fail the test.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, GENERATED
+
+from dgcodegen.cli import main
+from dgcodegen.dsl import load_spec
+from dgcodegen.emit import render
+from dgcodegen.lower import lower
+
+STANDALONE_DISTRIBUTIONS = ("numpy", "numba", "llvmlite")
+
+
+def _site_packages(python: Path) -> Path:
+    command = [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+    return Path(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip())
+
+
+def _is_distribution_entry(entry: Path) -> bool:
+    """Return whether a site-packages entry belongs to NumPy, Numba or llvmlite."""
+    for name in STANDALONE_DISTRIBUTIONS:
+        if entry.name == name or entry.name.startswith((f"{name}-", f"{name}.")):
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def numpy_numba_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Python of a fresh virtual environment that can import only NumPy and Numba."""
+    root = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    target = _site_packages(python)
+    source = Path(importlib.util.find_spec("numpy").submodule_search_locations[0]).parent
+    for entry in sorted(source.iterdir()):
+        if _is_distribution_entry(entry):
+            (target / entry.name).symlink_to(entry)
+    return python
+
+
+def _run(python: Path, arguments: list[str], cwd: Path, **environment: str):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
+    env.update(environment)
+    return subprocess.run(
+        [str(python), *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _write_breast_cancer_csv(path: Path) -> np.ndarray:
+    """Write the logistic regression example's data as CSV and return it as one table."""
+    data = load_spec(EXAMPLES / "logistic_regression.py").default_data
+    table = np.column_stack([data["x"], data["y"]])
+    header = [f"x[{j}]" for j in range(data["x"].shape[1])] + ["y"]
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows([repr(float(v)) for v in row] for row in table)
+    return table
+
+
+def test_environment_lacks_sympy(numpy_numba_python: Path, tmp_path: Path) -> None:
+    for module in ("sympy", "dgcodegen", "jinja2"):
+        result = _run(numpy_numba_python, ["-c", f"import {module}"], tmp_path)
+        assert result.returncode != 0, f"{module} is importable in the NumPy-and-Numba venv"
+    result = _run(numpy_numba_python, ["-c", "import numba, numpy"], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_standalone_matches_dgcodegen_solve(
+    numpy_numba_python: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    packages = tmp_path / "packages"
+    package = packages / "breast_cancer_solver"
+    arguments = ["-q", "generate", str(EXAMPLES / "logistic_regression.py"), "--out", str(package)]
+    assert main(arguments) == 0
+    table = _write_breast_cancer_csv(tmp_path / "data.csv")
+    np.save(tmp_path / "data.npy", table)
+    options = ["--step", "0.1", "--tol", "1e-10", "--max-steps", "400"]
+
+    reference_json = tmp_path / "reference.json"
+    solve = ["-q", "solve", str(EXAMPLES / "logistic_regression.py"), "--data"]
+    solve += [str(tmp_path / "data.csv"), "--out", str(GENERATED / "logistic_regression")]
+    assert main([*solve, *options, "--json", str(reference_json)]) == 0
+    capsys.readouterr()
+    reference = json.loads(reference_json.read_text())
+
+    for data_file in ("data.csv", "data.npy"):
+        out = tmp_path / f"standalone-{data_file}.json"
+        command = ["-m", "breast_cancer_solver", "-q", "--data", str(tmp_path / data_file)]
+        result = _run(numpy_numba_python, [*command, *options, "--json", str(out)], packages)
+        assert result.returncode == 0, result.stderr
+        document = json.loads(out.read_text())
+        assert document["converged"] is True
+        relative = abs(document["loss"] - reference["loss"]) / abs(reference["loss"])
+        assert relative <= 1e-12, f"{data_file}: loss differs by {relative:.3e} relative"
+        assert document["steps"] == reference["steps"]
+        assert document == reference, f"{data_file}: the JSON documents differ"
+
+
+def test_standalone_rejects_bad_input(numpy_numba_python: Path, tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    shutil.copytree(GENERATED / "logistic_regression", packages / "solver")
+    python = numpy_numba_python
+
+    missing = _run(python, ["-m", "solver", "--step", "1"], packages)
+    assert missing.returncode == 2
+    assert "--data" in missing.stderr
+
+    short = tmp_path / "short.npy"
+    np.save(short, np.ones((5, 3)))
+    result = _run(python, ["-m", "solver", "--data", str(short), "--step", "1"], packages)
+    assert result.returncode == 1
+    assert "expected (n_samples, 31)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    broken = tmp_path / "nan.csv"
+    broken.write_text("y\nnan\n", encoding="utf-8")
+    result = _run(python, ["-m", "solver", "--data", str(broken), "--step", "1"], packages)
+    assert result.returncode == 1
+    assert "no field 'x[0]' for the column 'x'" in result.stderr
+
+    result = _run(python, ["-m", "solver", "--data", str(short), "--step", "-1"], packages)
+    assert result.returncode == 2
+    assert "expected a finite number > 0" in result.stderr
+
+
+def test_read_only_install_runs_without_cache(numpy_numba_python: Path, tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    package = packages / "rosenbrock_solver"
+    shutil.copytree(GENERATED / "rosenbrock", package, ignore=shutil.ignore_patterns("__pycache__"))
+    # A regular file where Numba's folders would go makes every cache location unusable,
+    # even for root, which chmod does not stop.
+    (package / "__pycache__").write_text("not a folder\n", encoding="utf-8")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder\n", encoding="utf-8")
+    home = str(blocked / "home")
+    result = _run(
+        numpy_numba_python,
+        ["-W", "always", "-m", "rosenbrock_solver", "-q", "--step", "10", "--tol", "1e-10"],
+        packages,
+        HOME=home,
+        XDG_CACHE_HOME=str(blocked / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("compile on every run") == 1, result.stderr
+    assert "converged: True" in result.stdout
+
+
+def test_concurrent_generation_is_consistent(tmp_path: Path) -> None:
+    out = tmp_path / "rosenbrock"
+    command = [sys.executable, "-m", "dgcodegen", "-q", "generate"]
+    command += [str(EXAMPLES / "rosenbrock.py"), "--out", str(out)]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    problem = load_spec(EXAMPLES / "rosenbrock.py")
+    fresh = render(lower(problem), problem.fingerprint(), problem.layout)
+    assert sorted(path.name for path in out.iterdir()) == sorted(fresh)
+    for name, text in fresh.items():
+        assert (out / name).read_text(encoding="utf-8") == text, name
+
+
+def test_runtime_copies_match_sources() -> None:
+    problem = load_spec(EXAMPLES / "rosenbrock.py")
+    files = render(lower(problem), problem.fingerprint(), problem.layout)
+    source = Path(__file__).resolve().parent.parent / "dgcodegen" / "stepper.py"
+    copy = files["stepper.py"]
+    assert copy.endswith(source.read_text(encoding="utf-8"))
+    assert copy.splitlines()[1].startswith("# dgcodegen ")
+    assert "copied from dgcodegen/stepper.py" in copy.splitlines()[1]
