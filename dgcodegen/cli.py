@@ -194,7 +194,7 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
         raise SpecError(f"--out {args.out} is a file; give a folder for the generated package")
     problem = load_spec(args.spec)
     if isinstance(problem, System):
-        return solve_system(problem, args)
+        return solve_system(problem, args, show_progress)
     check_loss_arguments(args)
     options = check_training_arguments(args)
     if isinstance(problem, Network):
@@ -206,8 +206,8 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from .dsl import load_spec
-    from .training import check_output_path, write_json
     from .system_verify import verify_system
+    from .training import check_output_path, write_json
     from .verify import verify
 
     if args.json:

@@ -78,8 +78,26 @@ def _solve_coordinate(
     return min((low, high), key=lambda t: abs(psi(t))), iterations + 2
 
 
-def coordinate_step(
+CoordinateQuotient = Callable[[np.ndarray, int, float], float]
+"""`quotient(point, k, t)`: the Itoh-Abe entry `DG_k` when coordinate k of `point` moves to t,
+so `(V(point with k = t) - V(point)) / (t - point[k])`, and `dV / d point_k` at t = point[k]."""
+
+
+def quotient_from_discrete_gradient(
     discrete_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> CoordinateQuotient:
+    """Return the coordinate quotient of a forward Itoh-Abe discrete gradient kernel."""
+
+    def quotient(point: np.ndarray, k: int, t: float) -> float:
+        trial = point.copy()
+        trial[k] = t
+        return float(discrete_gradient(point, trial)[k])
+
+    return quotient
+
+
+def coordinate_step(
+    quotient: CoordinateQuotient,
     x: np.ndarray,
     tau: float,
     tolerance: float,
@@ -89,42 +107,43 @@ def coordinate_step(
     Returns the new point, the number of scalar evaluations, and the largest residual
     `|y_k - x_k + tau DG_k|` over the coordinates.
     """
-    # NOTE: each scalar evaluation computes the whole discrete gradient vector, so a step
-    # costs O(n) kernel calls per coordinate. A kernel for one entry would remove the factor n.
     point = x.copy()
     evaluations = 0
     residual = 0.0
     for k in range(x.size):
 
         def psi(t: float, k: int = k) -> float:
-            trial = point.copy()
-            trial[k] = t
-            return float(discrete_gradient(point, trial)[k]) + (t - x[k]) / tau
+            return quotient(point, k, t) + (t - x[k]) / tau
 
-        slope = float(discrete_gradient(point, point)[k])
+        slope = quotient(point, k, float(point[k]))
         scale = tolerance * max(1.0, abs(x[k]))
         root, count = _solve_coordinate(psi, x[k], slope, scale)
         evaluations += count + 1
-        trial = point.copy()
-        trial[k] = root
-        residual = max(residual, abs(root - x[k] + tau * float(discrete_gradient(point, trial)[k])))
-        point = trial
+        residual = max(residual, abs(root - x[k] + tau * quotient(point, k, root)))
+        point = point.copy()
+        point[k] = root
     return point, evaluations, residual
 
 
 def coordinate_descent(
     loss: Callable[[np.ndarray], float],
     gradient: Callable[[np.ndarray], np.ndarray],
-    discrete_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    discrete_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
     x0: np.ndarray,
     options: StepperOptions,
     progress: Callable[[int, float, float], None] | None = None,
+    quotient: CoordinateQuotient | None = None,
 ) -> SolveResult:
     """Minimise with coordinate-wise Itoh-Abe steps at the fixed step size `options.step`.
 
-    `discrete_gradient` must be the forward Itoh-Abe discrete gradient. The history
-    records scalar evaluations in `newton_iterations`.
+    `discrete_gradient` must be the forward Itoh-Abe discrete gradient, or None when
+    `quotient` gives its entries directly. The history records scalar evaluations in
+    `newton_iterations`.
     """
+    if quotient is None:
+        # NOTE: each scalar evaluation then computes the whole discrete gradient vector, so a
+        # step costs O(n) kernel calls per coordinate.
+        quotient = quotient_from_discrete_gradient(discrete_gradient)
     started = time.perf_counter()
     x = np.array(x0, dtype=float)
     value = float(loss(x))
@@ -136,7 +155,7 @@ def coordinate_descent(
     while gradient_norm > threshold:
         if len(history.loss) >= options.max_steps:
             break
-        y, evaluations, residual = coordinate_step(discrete_gradient, x, tau, tolerance)
+        y, evaluations, residual = coordinate_step(quotient, x, tau, tolerance)
         new_value = float(loss(y))
         step_norm = float(np.linalg.norm(y - x))
         history.loss.append(new_value)

@@ -1,10 +1,8 @@
-"""Generate, load and run the compiled time loops of a `System`.
+"""Load and run the compiled time loops of a `System`.
 
-The generated package of a system contains `kernels.py`, the kernels of its energy rendered
-exactly as for a data-free loss, and `integrator.py`, rendered from
-`integrator.py.jinja`: the structure matrix, its derivative, and one Numba time loop per
-discrete gradient that runs every step, Newton iteration and save without returning to
-Python.
+`system_emit` renders the package. Each call of a time loop runs a chunk of steps, with
+every Newton iteration and save, without returning to Python, and `CompiledSystem`
+strings the chunks together into one trajectory.
 """
 
 from __future__ import annotations
@@ -22,30 +20,29 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import sympy as sp
 
-from . import __version__
-from .calculus import diff
-from .derive import GONZALEZ_SERIES_THRESHOLD
-from .emit import GENERATED_LINE, KERNEL_TEMPLATE, environment, write_package
 from .errors import InternalError, SpecError
-from .lower import lower
-from .printer import NumbaPrinter
-from .system import System
+from .system import FOURTH_ORDER, System
+from .system_emit import SYSTEM_METHODS, generate_system, render_system, system_methods
+
+__all__ = [
+    "SYSTEM_METHODS",
+    "CompiledSystem",
+    "Trajectory",
+    "compile_system",
+    "load_integrator",
+    "render_system",
+]
 
 log = logging.getLogger("dgcodegen")
-
-INTEGRATOR_TEMPLATE = "integrator.py.jinja"
-
-SYSTEM_METHODS = ("mean-value", "gonzalez", "itoh-abe", "itoh-abe-symmetric", "mean-value-4")
-"""Steps a system can take: every discrete gradient, and the fourth-order mean value."""
-
-FOURTH_ORDER = "mean-value-4"
 
 NEWTON_TOL = 1e-12
 """A step converges once `max|F| <= NEWTON_TOL * max(1, max|x|)` and Newton is at round-off."""
 
 NEWTON_MAX_ITER = 30
+
+CHUNK_STEPS = 2**16
+"""Steps per call of the compiled loop, so Python works once per chunk, not once per step."""
 
 MAX_SAVED_BYTES = 2**31
 """Largest memory for saved times, states and energies; a run that needs more is rejected."""
@@ -57,160 +54,6 @@ _STATUS_TEXT = {
 }
 
 
-# Lowering and rendering
-
-
-@dataclass
-class _PrintedBlock:
-    statements: list[tuple[str, str]]
-    entries: list[tuple[tuple[int, ...], str]]
-    operations: int
-
-
-def _print_entries(
-    entries: dict[tuple[int, ...], sp.Expr], names: dict[sp.Symbol, str]
-) -> _PrintedBlock:
-    """CSE the nonzero entries and print them as assignments and indexed results."""
-    printer = NumbaPrinter(dict(names))
-    indices = [index for index, value in entries.items() if value != 0]
-    values = [entries[index] for index in indices]
-    temporaries = sp.numbered_symbols("c", real=True)
-    replacements, reduced = sp.cse(values, symbols=temporaries, order="canonical")
-    statements = []
-    operations = 0
-    for symbol, value in replacements:
-        printer.names[symbol] = symbol.name
-        statements.append((symbol.name, printer.doprint(value)))
-        operations += sp.count_ops(value)
-    printed = [printer.doprint(value) for value in reduced]
-    operations += sum(sp.count_ops(value) for value in reduced)
-    return _PrintedBlock(statements, list(zip(indices, printed)), int(operations))
-
-
-def _third_derivatives(system: System) -> dict[tuple[int, int, int], sp.Expr]:
-    """Return `d^3 H / dz_k dz_i dz_j` at `[k, i, j]`, each distinct entry derived once."""
-    state, n = system.state_symbols, system.n
-    gradient = [diff(system.energy, t) for t in state]
-    known: dict[tuple[int, ...], sp.Expr] = {}
-    result = {}
-    for k in range(n):
-        for i in range(n):
-            for j in range(n):
-                key = tuple(sorted((i, j, k)))
-                if key not in known:
-                    known[key] = diff(gradient[key[0]], state[key[1]], state[key[2]])
-                result[(k, i, j)] = known[key]
-    return result
-
-
-def _methods(system: System) -> list[dict[str, Any]]:
-    methods = []
-    for label in SYSTEM_METHODS:
-        fourth_order = label == FOURTH_ORDER
-        if fourth_order and not system.classification.constant:
-            continue
-        kernel = "mean_value" if fourth_order else label.replace("-", "_")
-        methods.append(
-            {
-                "label": label,
-                "name": label.replace("-", "_"),
-                "kernel": kernel,
-                "fourth_order": fourth_order,
-            }
-        )
-    return methods
-
-
-def system_methods(system: System) -> tuple[str, ...]:
-    """Return the step methods that the generated package of `system` provides."""
-    return tuple(method["label"] for method in _methods(system))
-
-
-def render_integrator(system: System, spec_hash: str) -> str:
-    """Render `integrator.py` of a system."""
-    n = system.n
-    names = {symbol: f"z_{i}" for i, symbol in enumerate(system.state_symbols)}
-    structure = {(i, j): system.structure[i, j] for i in range(n) for j in range(n)}
-    derivative = system.structure_derivative()
-    derivative_entries = {
-        (k, i, j): derivative[i][j][k] for k in range(n) for i in range(n) for j in range(n)
-    }
-    fourth_order = system.classification.constant
-    module = {
-        "name": system.name or "system",
-        "n": n,
-        "kind": system.classification.kind,
-        "constant": system.classification.constant,
-        "fourth_order": fourth_order,
-        "unpack": [names[s] for s in system.state_symbols],
-        "structure": _print_entries(structure, names),
-        "derivative": _print_entries(derivative_entries, names),
-        "third": _print_entries(_third_derivatives(system), names) if fourth_order else None,
-        "methods": _methods(system),
-    }
-    header = {
-        "generated_line": GENERATED_LINE,
-        "version": __version__,
-        "template": INTEGRATOR_TEMPLATE,
-        "spec_hash": spec_hash,
-    }
-    return environment().get_template(INTEGRATOR_TEMPLATE).render(module=module, header=header)
-
-
-def render_energy_kernels(system: System, spec_hash: str) -> str:
-    """Render `kernels.py` of the energy, as for a data-free loss, with the system's hash."""
-    header = {
-        "generated_line": GENERATED_LINE,
-        "version": __version__,
-        "template": KERNEL_TEMPLATE,
-        "spec_hash": spec_hash,
-        "gonzalez_threshold": repr(GONZALEZ_SERIES_THRESHOLD),
-    }
-    template = environment().get_template(KERNEL_TEMPLATE)
-    return template.render(module=lower(system.loss), header=header)
-
-
-def render_system(system: System) -> dict[str, str]:
-    """Render the package of a system: the energy's kernels, the time loops, `__init__.py`.
-
-    Raises:
-        InternalError: when a rendered file is not valid Python.
-    """
-    import ast
-
-    spec_hash = system.fingerprint()
-    kernels = render_energy_kernels(system, spec_hash)
-    integrator = render_integrator(system, spec_hash)
-    init = (
-        f"# {GENERATED_LINE}\n"
-        f"# dgcodegen {__version__}, spec sha256 {spec_hash}\n"
-        f'"""Generated kernels and time loops of the system {system.name!r}."""\n\n'
-        "from .integrator import *  # noqa: F401,F403\n"
-        "from .kernels import *  # noqa: F401,F403\n"
-    )
-    files = {"kernels.py": kernels, "integrator.py": integrator, "__init__.py": init}
-    try:
-        ast.parse(integrator)
-    except SyntaxError as error:
-        raise InternalError(f"rendered integrator.py is not valid Python: {error}") from error
-    return files
-
-
-def generate_system(system: System, out: Path | None = None) -> Path:
-    """Render the package of `system` into `out`, or into the cache, and return the folder."""
-    from .runtime import cache_directory
-
-    started = time.perf_counter()
-    files = render_system(system)
-    if out is None:
-        text = files["kernels.py"] + files["integrator.py"]
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        out = cache_directory() / f"{system.name}-{digest}"
-    write_package(files, Path(out))
-    log.info("generated the system %r in %.2f s", system.name, time.perf_counter() - started)
-    return Path(out)
-
-
 def load_integrator(directory: Path) -> ModuleType:
     """Import the generated package in `directory` and return its `integrator` module."""
     directory = Path(directory)
@@ -218,15 +61,26 @@ def load_integrator(directory: Path) -> ModuleType:
         raise SpecError(
             f"no generated integrator at {directory / 'integrator.py'}; run `dgcodegen generate`"
         )
-    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
-    package = f"dgcodegen_system_{digest}"
-    if package not in sys.modules:
+    # The name depends on the folder only, because Numba's cache records the module name of
+    # each compiled function. A package regenerated in the same process is imported afresh.
+    folder_digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    package = f"dgcodegen_system_{folder_digest}"
+    content = hashlib.sha256()
+    for name in ("__init__.py", "kernels.py", "integrator.py"):
+        content.update((directory / name).read_bytes())
+    loaded = sys.modules.get(package)
+    if loaded is not None and getattr(loaded, "_dgcodegen_content", None) != content.hexdigest():
+        for name in (package, f"{package}.kernels", f"{package}.integrator"):
+            sys.modules.pop(name, None)
+        loaded = None
+    if loaded is None:
         spec = importlib.util.spec_from_file_location(
             package, directory / "__init__.py", submodule_search_locations=[str(directory)]
         )
         if spec is None or spec.loader is None:
             raise InternalError(f"cannot import the generated package {directory}")
         module = importlib.util.module_from_spec(spec)
+        module._dgcodegen_content = content.hexdigest()
         sys.modules[package] = module
         spec.loader.exec_module(module)
     return importlib.import_module(f"{package}.integrator")
@@ -319,8 +173,13 @@ class CompiledSystem:
         x0: Any = None,
         tol: float = NEWTON_TOL,
         max_iter: int = NEWTON_MAX_ITER,
+        show_progress: bool = False,
     ) -> Trajectory:
         """Run `steps` steps of size `step` in compiled code and return the trajectory.
+
+        The compiled loop runs CHUNK_STEPS steps per call, so a progress bar (with
+        `show_progress`) and Ctrl-C take effect between chunks. Ctrl-C ends the run with
+        the trajectory so far, reported as not converged.
 
         Raises:
             SpecError: for an unknown method, a step that is not finite and > 0, or a
@@ -337,37 +196,95 @@ class CompiledSystem:
                 f"raise --save-every to at least {_minimum_save_every(steps, self.system.n)}"
             )
         start = self._vector(self.system.initial_point if x0 is None else x0, "the initial state")
+        tol = float(tol)
+        max_iter = int(max_iter)
         compiling = time.perf_counter()
-        loop(start, step, 1, 1, float(tol), int(max_iter))
+        log.info("compiling the %s time loop, or loading it from Numba's cache", method)
+        loop(start, start, 0, step, 1, 1, tol, max_iter)
         log.info("compiled the %s loop in %.2f s", method, time.perf_counter() - compiling)
+
+        log.info("integrating %d steps of size %g in compiled code", steps, step)
+        run = _Run(self.energy(start), start)
+        progress_bar = _progress_bar(steps, method) if show_progress else None
         started = time.perf_counter()
-        times, states, energy, state, steps_taken, status, updates, worst = loop(
-            start, step, steps, save_every, float(tol), int(max_iter)
-        )
+        try:
+            while run.steps < steps and run.status == 0:
+                count = min(CHUNK_STEPS, steps - run.steps)
+                chunk = loop(run.x, run.previous, run.steps, step, count, save_every, tol, max_iter)
+                run.add(chunk)
+                if progress_bar is not None:
+                    progress_bar.update(chunk[5])
+        except KeyboardInterrupt:
+            run.interrupted = True
+        finally:
+            if progress_bar is not None:
+                progress_bar.close()
         seconds = time.perf_counter() - started
-        converged = status == 0 and steps_taken == steps
-        if converged:
-            message = f"took {steps} steps of size {step:g}"
-        else:
+
+        if run.steps % save_every != 0:
+            run.save(run.steps * step, run.x, self.energy(run.x))
+        converged = run.status == 0 and run.steps == steps
+        message = f"took {steps} steps of size {step:g}"
+        if run.interrupted:
             message = (
-                f"step {steps_taken + 1} of {steps} failed at t = {steps_taken * step:.6g}: "
-                f"{_STATUS_TEXT.get(int(status), 'unknown status')}; the trajectory ends at "
+                f"interrupted after {run.steps} of {steps} steps, at t = {run.steps * step:.6g}"
+            )
+        elif not converged:
+            message = (
+                f"step {run.steps + 1} of {steps} failed at t = {run.steps * step:.6g}: "
+                f"{_STATUS_TEXT.get(run.status, 'unknown status')}; the trajectory ends at "
                 "the last converged step"
             )
         log.info("%s with %s in %.3f s: %s", self.system.name, method, seconds, message)
         return Trajectory(
-            times,
-            states,
-            energy,
-            state,
-            int(steps_taken),
+            np.concatenate(run.times),
+            np.concatenate(run.states),
+            np.concatenate(run.energy),
+            run.x,
+            run.steps,
             steps,
             converged,
             message,
-            int(updates),
-            float(worst),
+            run.updates,
+            run.worst,
             seconds,
         )
+
+
+class _Run:
+    """Saved states and counters of a run, collected over the chunks of the time loop."""
+
+    def __init__(self, energy: float, start: np.ndarray) -> None:
+        self.times = [np.zeros(1)]
+        self.states = [start[np.newaxis, :].copy()]
+        self.energy = [np.array([energy])]
+        self.x = start
+        self.previous = start
+        self.steps = 0
+        self.status = 0
+        self.updates = 0
+        self.worst = 0.0
+        self.interrupted = False
+
+    def add(self, chunk: tuple) -> None:
+        times, states, energy, x, previous, steps_taken, status, updates, worst = chunk
+        self.save(times, states, energy)
+        self.x, self.previous = x, previous
+        self.steps += int(steps_taken)
+        self.status = int(status)
+        self.updates += int(updates)
+        self.worst = max(self.worst, float(worst))
+
+    def save(self, times: Any, states: np.ndarray, energy: Any) -> None:
+        self.times.append(np.atleast_1d(np.asarray(times, dtype=np.float64)))
+        self.states.append(np.atleast_2d(states))
+        self.energy.append(np.atleast_1d(np.asarray(energy, dtype=np.float64)))
+
+
+def _progress_bar(steps: int, method: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=f"{method} steps", unit="step", leave=False)
 
 
 def _minimum_save_every(steps: int, n: int) -> int:
@@ -392,7 +309,10 @@ def _positive_integer(value: Any, label: str) -> int:
 
 
 def compile_system(system: System, out: Path | None = None) -> CompiledSystem:
-    """Generate (unless `out` already holds it) and import the package of `system`."""
+    """Render the package of `system` into `out` or the cache, then import it.
+
+    Files that already have the rendered content are left untouched.
+    """
     directory = generate_system(system, out)
     return CompiledSystem(system, load_integrator(directory))
 

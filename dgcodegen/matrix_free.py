@@ -29,7 +29,9 @@ from .errors import SpecError
 from .layout import Layout
 
 MATRIX_FREE_METHODS = ("mean-value", "gonzalez")
-"""Discrete gradients available from loss, gradient and HVP kernels."""
+"""Discrete gradients available from loss, gradient and HVP kernels with Jacobian-vector
+products. The forward Itoh-Abe discrete gradient is available through `coordinate_quotient`,
+for the coordinate-wise solve, which needs no Jacobian."""
 
 QUADRATURE_NODES = 8
 """Gauss-Legendre nodes of the mean-value discrete gradient: exact for polynomial losses of
@@ -135,6 +137,28 @@ class MatrixFreeKernels:
             return np.column_stack([product(identity[k]) for k in range(self.n)])
 
         return dense
+
+    def coordinate_quotient(self) -> Callable[[Vector, int, float], float]:
+        """Return the forward Itoh-Abe entry `quotient(point, k, t)` from loss values.
+
+        Each call costs one loss evaluation; `V(point)` is kept while the same point object
+        is passed, and `t == point[k]` costs one gradient evaluation.
+        """
+        cached: dict[str, Any] = {"point": None, "value": 0.0, "gradient": None}
+
+        def quotient(point: Vector, k: int, t: float) -> float:
+            if cached["point"] is not point:
+                cached.update(point=point, value=self.loss(point), gradient=None)
+            h = t - point[k]
+            if h == 0.0:
+                if cached["gradient"] is None:
+                    cached["gradient"] = self.gradient(point)
+                return float(cached["gradient"][k])
+            trial = point.copy()
+            trial[k] = t
+            return (self.loss(trial) - cached["value"]) / h
+
+        return quotient
 
     def _gonzalez(self, x: Vector, y: Vector) -> Linearization:
         d = y - x

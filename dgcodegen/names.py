@@ -32,6 +32,7 @@ GENERATED_GLOBALS = frozenset(
         "math",
         "numba",
         "np",
+        "os",
         "prange",
         "warnings",
         # Constants and functions of the kernels module.

@@ -148,7 +148,7 @@ class Network:
             bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels >= classes))
             if bad.size:
                 raise SpecError(
-                    f"label {labels[bad[0]]!r} at row {bad[0]} is not a class index 0 to "
+                    f"label {float(labels[bad[0]])!r} at row {bad[0]} is not a class index 0 to "
                     f"{classes - 1}; labels must be integers below the last layer's outputs"
                 )
         return result

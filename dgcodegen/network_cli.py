@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .coordinate import coordinate_descent
 from .errors import SpecError
 from .krylov import DENSE_NEWTON_LIMIT, PRECONDITIONERS, KrylovOptions, newton_krylov_descent
 from .matrix_free import MATRIX_FREE_METHODS, MatrixFreeKernels
@@ -67,14 +68,25 @@ def train_network(
     krylov: KrylovOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple[SolveResult, str]:
-    """Train from the layout's starting point; return the result and the linear solver used."""
+    """Train from the layout's starting point; return the result and the solver used.
+
+    The solver is "dense" or "krylov" Newton, or "coordinate" for Itoh-Abe.
+    """
+    x0 = bound.layout.initial_point()
+    if method == "itoh-abe":
+        # One scalar equation per coordinate, each solved from loss values alone.
+        log.info("using the coordinate-wise Itoh-Abe solve for %d parameters", bound.n)
+        quotient = bound.coordinate_quotient()
+        result = coordinate_descent(
+            bound.loss, bound.gradient, None, x0, options, progress, quotient=quotient
+        )
+        return result, "coordinate"
     if method not in MATRIX_FREE_METHODS:
         raise SpecError(
             f"--method {method} is not available for a dg.Network; choose one of "
-            f"{', '.join(MATRIX_FREE_METHODS)}"
+            f"{', '.join((*MATRIX_FREE_METHODS, 'itoh-abe'))}"
         )
     choice = pick_linear_solver(bound.n, linear_solver)
-    x0 = bound.layout.initial_point()
     if choice == "krylov":
         return newton_krylov_descent(bound, method, x0, options, krylov, progress), choice
     result = discrete_gradient_descent(
@@ -114,8 +126,6 @@ def solve_network(
     """Run `dgcodegen solve` on a network spec and return the exit code."""
     from .runtime import compile_network
 
-    if args.solver != "newton":
-        raise SpecError("--solver coordinate applies to a dg.Loss; a dg.Network uses Newton")
     data = network.layout.read_data(args.data) if args.data else None
     if data is not None:
         data = network.validate_data(data)

@@ -8,7 +8,9 @@ vectors, with the data bound once.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
+import keyword
 import logging
 import os
 import sys
@@ -69,20 +71,80 @@ def generate(problem: Any, out: Path | None = None, show_progress: bool = False)
 
 
 def load_kernels(directory: Path) -> ModuleType:
-    """Import the generated `kernels.py` in `directory` as a module."""
-    path = Path(directory) / "kernels.py"
+    """Import the generated `kernels.py` in `directory` as a module.
+
+    A package folder whose name is an identifier is imported as that package, so the kernels
+    get the module name `<folder>.kernels` that `python -m <folder>` gives them too. Numba's
+    cache records the module name of every compiled function and imports it when it loads a
+    cached entry, so both ways of running must use the same name. Other folders, such as the
+    hash-named ones of the kernel cache, get a name made from a hash of their path. A module
+    whose source changed since it was imported is imported again.
+
+    Raises:
+        SpecError: when `directory` has no kernels, or another module of the folder's name
+            is already imported.
+    """
+    directory = Path(directory).resolve()
+    path = directory / "kernels.py"
     if not path.is_file():
         raise SpecError(f"no generated kernels at {path}; run `dgcodegen generate` first")
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    name = f"dgcodegen_kernels_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
+    source_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    package = directory.name
+    if is_package_name(package) and (directory / "__init__.py").is_file():
+        name = f"{package}.kernels"
+        _forget_stale(package, directory, name, source_hash)
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(
+                package, directory / "__init__.py", submodule_search_locations=[str(directory)]
+            )
+            _execute(spec, package)
+    else:
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        name = f"dgcodegen_kernels_{digest}"
+        loaded = sys.modules.get(name)
+        if loaded is not None and getattr(loaded, "_dgcodegen_source_hash", None) != source_hash:
+            del sys.modules[name]
+        if name not in sys.modules:
+            _execute(importlib.util.spec_from_file_location(name, path), name)
+    module = sys.modules[name]
+    module._dgcodegen_source_hash = source_hash
+    return module
+
+
+def is_package_name(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _forget_stale(package: str, directory: Path, name: str, source_hash: str) -> None:
+    """Drop an imported `package` whose kernels changed; raise if it is another folder's."""
+    loaded = sys.modules.get(package)
+    if loaded is None:
+        return
+    paths = [str(Path(p).resolve()) for p in getattr(loaded, "__path__", [])]
+    if paths != [str(directory)]:
+        where = ", ".join(paths) or getattr(loaded, "__file__", None) or "a built-in module"
+        raise SpecError(
+            f"cannot load the kernels in {directory}: a module named {package!r} from {where} "
+            "is already imported, and Numba's cache refers to kernels by package name; give "
+            "the package folder a unique name"
+        )
+    kernels = sys.modules.get(name)
+    if kernels is not None and getattr(kernels, "_dgcodegen_source_hash", None) == source_hash:
+        return
+    for key in [k for k in sys.modules if k == package or k.startswith(f"{package}.")]:
+        del sys.modules[key]
+
+
+def _execute(spec: importlib.machinery.ModuleSpec | None, name: str) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        for key in [k for k in sys.modules if k == name or k.startswith(f"{name}.")]:
+            del sys.modules[key]
+        raise
 
 
 class CompiledProblem(BoundKernels):

@@ -35,6 +35,9 @@ SKEW = "skew"
 NEGATIVE_SEMIDEFINITE = "negative semidefinite"
 GENERAL = "general"
 
+FOURTH_ORDER = "mean-value-4"
+"""Name of the fourth-order average vector field step, which needs a constant `S`."""
+
 MAX_MINOR_SIZE = 6
 """Largest state size whose structure matrix is tested through all principal minors.
 
@@ -101,7 +104,7 @@ class System:
         self.state_symbols = self.loss.parameter_symbols
         self.n = len(self.state_symbols)
         self._check_state(state)
-        self.structure = _structure_matrix(structure, self.n, set(self.state_symbols))
+        self.structure = _structure_matrix(structure, self.state_symbols)
         self.classification = classify_structure(self.structure, self.state_symbols)
 
     @property
@@ -202,8 +205,9 @@ def _check_step(step: Any) -> float | None:
     return value
 
 
-def _structure_matrix(structure: Any, n: int, state: set[sp.Symbol]) -> sp.ImmutableMatrix:
+def _structure_matrix(structure: Any, state_symbols: list[sp.Symbol]) -> sp.ImmutableMatrix:
     """Check that `structure` is an n x n matrix of expressions in the state only."""
+    n, state = len(state_symbols), set(state_symbols)
     try:
         matrix = sp.ImmutableMatrix(structure)
     except (TypeError, ValueError, sp.SympifyError) as error:
@@ -213,7 +217,8 @@ def _structure_matrix(structure: Any, n: int, state: set[sp.Symbol]) -> sp.Immut
     if matrix.shape != (n, n):
         raise SpecError(
             f"the structure matrix has shape {matrix.shape}, expected ({n}, {n}): one row and "
-            "one column per state entry"
+            f"one column per entry of the state {[s.name for s in state_symbols]}, which are the "
+            "variables of the energy"
         )
     for (i, j), entry in zip(itertools.product(range(n), range(n)), matrix):
         label = f"entry ({i}, {j}) of the structure matrix"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SpecError
-from .system import System
+from .system import FOURTH_ORDER, System
 from .training import EXIT_NOT_CONVERGED, positive_int
 
 
@@ -24,8 +24,6 @@ def add_system_arguments(solve: argparse.ArgumentParser) -> None:
     `--step` loses its default, so that a system falls back to the step of its spec and a
     loss to tau = 1.
     """
-    from .integrate import FOURTH_ORDER
-
     solve.set_defaults(step=None)
     for action in solve._actions:  # argparse has no public way to extend choices.
         if action.dest == "method" and action.choices is not None:
@@ -48,8 +46,6 @@ def add_system_arguments(solve: argparse.ArgumentParser) -> None:
 
 def check_loss_arguments(args: argparse.Namespace) -> None:
     """Reject the system-only options for a loss and give `--step` its default of 1."""
-    from .integrate import FOURTH_ORDER
-
     if args.method == FOURTH_ORDER:
         raise SpecError(f"--method {FOURTH_ORDER} integrates a dg.System; the spec binds a loss")
     for flag, value in (("--steps", args.steps), ("--save-every", args.save_every)):
@@ -61,7 +57,7 @@ def check_loss_arguments(args: argparse.Namespace) -> None:
 
 def generate_system_package(system: System, out: Path, check: bool) -> int:
     """Write the package of `system` into `out`, or with `check` compare it with `out`."""
-    from .integrate import generate_system, render_system
+    from .system_emit import generate_system, render_system
 
     if not check:
         directory = generate_system(system, out)
@@ -88,8 +84,8 @@ def generate_system_package(system: System, out: Path, check: bool) -> int:
     return 0
 
 
-def solve_system(system: System, args: argparse.Namespace) -> int:
-    """Integrate `system` as the command line asks; exit code 3 when a step failed."""
+def solve_system(system: System, args: argparse.Namespace, show_progress: bool = False) -> int:
+    """Integrate `system` with the command-line options and return the exit code (3: a step failed)."""
     from .integrate import compile_system, trajectory_report
     from .training import write_json
 
@@ -102,7 +98,10 @@ def solve_system(system: System, args: argparse.Namespace) -> int:
         raise SpecError("--solver coordinate applies to a loss; a system step uses Newton's method")
     method = args.method
     compiled = compile_system(system, args.out)
-    trajectory = compiled.integrate(method, step, args.steps, args.save_every or 1)
+    save_every = args.save_every or 1
+    trajectory = compiled.integrate(
+        method, step, args.steps, save_every, show_progress=show_progress
+    )
     document = trajectory_report(system, method, step, trajectory)
     energy = trajectory.energy
     print(f"{system.name}: {trajectory.message}")

@@ -21,15 +21,13 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .calculus import diff
-from .errors import DgcodegenError
+from .errors import InternalError
 from .proofs import prove_zero
-from .system import GENERAL, NEGATIVE_SEMIDEFINITE, SKEW, System
+from .system import FOURTH_ORDER, GENERAL, NEGATIVE_SEMIDEFINITE, SKEW, System
 from .verify import CHECKED, FAILED, PROVEN, Report, Result, verify
 
 NONE = "none"
 """Status of an energy identity that the structure matrix does not imply."""
-
-FOURTH_ORDER = "mean-value-4"
 
 
 @dataclass
@@ -78,7 +76,7 @@ def _result(report: Report, identity: str, name: str) -> Result:
     for result in report.results:
         if result.identity == identity and result.discrete_gradient == name:
             return result
-    raise DgcodegenError(f"verify produced no {identity} result for {name}")
+    raise InternalError(f"verify produced no {identity} result for {name}")
 
 
 def _energy_result(system: System, name: str, mean_value: Result) -> Result:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dgcodegen.coordinate import coordinate_descent, coordinate_step
+from dgcodegen.coordinate import (
+    coordinate_descent,
+    coordinate_step,
+    quotient_from_discrete_gradient,
+)
 from dgcodegen.errors import SolverError
 from dgcodegen.stepper import StepperOptions, discrete_gradient_descent
 
@@ -14,7 +18,7 @@ def test_coordinate_step_matches_newton_step(rosenbrock) -> None:
     dg = rosenbrock.discrete_gradient("itoh-abe")
     x = np.array([-1.2, 1.0])
     tau = 1e-3
-    y, _, residual = coordinate_step(dg, x, tau, 1e-15)
+    y, _, residual = coordinate_step(quotient_from_discrete_gradient(dg), x, tau, 1e-15)
     options = StepperOptions(step=tau, max_steps=1, tol=0.0)
     newton = discrete_gradient_descent(
         rosenbrock.loss, rosenbrock.gradient, dg, rosenbrock.jacobian("itoh-abe"), x, options
@@ -44,7 +48,7 @@ def test_coordinate_step_unbounded_raises() -> None:
         return np.array([1.0, 0.0])
 
     # V = x_0 has no minimum, but its step still has a root: t = x_0 - tau.
-    y, _, _ = coordinate_step(linear_dg, np.zeros(2), 0.5, 1e-15)
+    y, _, _ = coordinate_step(quotient_from_discrete_gradient(linear_dg), np.zeros(2), 0.5, 1e-15)
     assert y[0] == pytest.approx(-0.5, abs=1e-14)
 
     def concave_dg(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -54,4 +58,4 @@ def test_coordinate_step_unbounded_raises() -> None:
         return np.array([quotient, 0.0])
 
     with pytest.raises(SolverError, match="unbounded below"):
-        coordinate_step(concave_dg, np.zeros(2), 10.0, 1e-15)
+        coordinate_step(quotient_from_discrete_gradient(concave_dg), np.zeros(2), 10.0, 1e-15)

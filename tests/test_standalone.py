@@ -59,7 +59,13 @@ def _run(python: Path, arguments: list[str], cwd: Path, **environment: str):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
     env.update(environment)
     return subprocess.run(
-        [str(python), *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [str(python), *arguments],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -189,3 +195,40 @@ def test_runtime_copies_match_sources() -> None:
     assert copy.endswith(source.read_text(encoding="utf-8"))
     assert copy.splitlines()[1].startswith("# dgcodegen ")
     assert "copied from dgcodegen/stepper.py" in copy.splitlines()[1]
+
+
+def test_cache_shared_with_standalone_run(numpy_numba_python: Path, tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    shutil.copytree(
+        GENERATED / "rosenbrock",
+        packages / "shared_cache",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    result = _run(numpy_numba_python, ["-m", "shared_cache", "-q", "--step", "10"], packages)
+    assert result.returncode == 0, result.stderr
+    # Numba's cache written by the standalone run must load under dgcodegen's import too.
+    script = (
+        "import numpy as np; from dgcodegen.runtime import load_kernels; "
+        f"kernels = load_kernels({str(packages / 'shared_cache')!r}); "
+        "print(kernels.__name__, kernels.loss(np.array([1.0, 2.0])))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["shared_cache.kernels", "100.0"]
+
+
+def test_load_rejects_second_package_of_same_name(tmp_path: Path) -> None:
+    from dgcodegen.errors import SpecError
+    from dgcodegen.runtime import load_kernels
+
+    first = tmp_path / "a" / "same_name"
+    second = tmp_path / "b" / "same_name"
+    for folder in (first, second):
+        shutil.copytree(
+            GENERATED / "rosenbrock", folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    load_kernels(first)
+    with pytest.raises(SpecError, match="a module named 'same_name' from .* is already imported"):
+        load_kernels(second)

@@ -370,6 +370,65 @@ def test_progress_and_history_per_step(quadratic):
     assert history["newton_iterations"] == [1] * 6
 
 
+def test_cycle_schedule_restarts_from_step(quadratic):
+    x0 = np.zeros(quadratic.b.size)
+    options = StepperOptions(step=1e-3, schedule="cycle", growth=3.0, max_step=0.05, max_steps=9)
+
+    result = quadratic.solve(x0, options)
+
+    expected = [1e-3, 3e-3, 9e-3, 2.7e-2] * 2 + [1e-3]
+    assert result.history.step == pytest.approx(expected)
+    losses = np.array([quadratic.loss(x0), *result.history.loss])
+    assert np.all(np.diff(losses) < 0)
+
+
+def test_cycle_schedule_beats_fixed_step(quadratic):
+    x0 = np.zeros(quadratic.b.size)
+    best_fixed = 2 / np.sqrt(quadratic.eigenvalues.min() * quadratic.eigenvalues.max())
+    fixed = StepperOptions(step=best_fixed, tol=1e-10, max_steps=2000)
+    cycle = StepperOptions(
+        step=2 / quadratic.lipschitz,
+        schedule="cycle",
+        growth=4.0,
+        max_step=2 / quadratic.eigenvalues.min(),
+        tol=1e-10,
+        max_steps=2000,
+    )
+
+    fixed_result = quadratic.solve(x0, fixed)
+    cycle_result = quadratic.solve(x0, cycle)
+
+    assert fixed_result.converged
+    assert cycle_result.converged
+    assert cycle_result.steps < fixed_result.steps / 2
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_jacobian_reuse_keeps_tolerance(rosenbrock, reuse):
+    x0 = np.array([-1.2, 1.0])
+    options = StepperOptions(step=1e-2, tol=1e-9, max_steps=5000, reuse_jacobian=reuse)
+    calls = []
+
+    def counted_jacobian(x, y):
+        calls.append(1)
+        return rosenbrock["jacobian"](x, y)
+
+    result = discrete_gradient_descent(
+        x0=x0, options=options, **{**rosenbrock, "jacobian": counted_jacobian}
+    )
+
+    assert result.converged
+    np.testing.assert_allclose(result.x, [1.0, 1.0], atol=1e-6)
+    assert_newton_tolerance_met(result, x0, options)
+    losses = np.array([rosenbrock["loss"](x0), *result.history.loss])
+    assert np.all(np.diff(losses) <= 1e-12 * np.maximum(1.0, np.abs(losses[:-1])))
+    updates = sum(result.history.newton_iterations)
+    if reuse:
+        assert len(calls) < updates / 2
+    else:
+        assert len(calls) >= updates
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -378,6 +437,8 @@ def test_progress_and_history_per_step(quadratic):
         {"schedule": "adaptive"},
         {"schedule": "grow", "growth": 0.5},
         {"schedule": "grow", "max_step": 1e-3},
+        {"schedule": "cycle", "growth": 1.0},
+        {"schedule": "cycle", "max_step": 1.0},
         {"shrink": 1.0},
         {"min_step": 0.0},
         {"newton_max_iter": 0},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -10,8 +11,10 @@ from conftest import EXAMPLES
 
 import dgcodegen as dg
 from dgcodegen.dsl import load_spec
+from dgcodegen.emit import GENERATED_LINE
 from dgcodegen.errors import SpecError
 from dgcodegen.system import GENERAL, NEGATIVE_SEMIDEFINITE, SKEW, classify_structure
+from dgcodegen.system_emit import render_system, system_methods
 from dgcodegen.system_verify import NONE, verify_system
 from dgcodegen.verify import FAILED, PROVEN
 
@@ -99,6 +102,13 @@ def test_bad_step_is_rejected(step) -> None:
         oscillator(lambda q, p: [[0, 1], [-1, 0]], step=step)
 
 
+def test_state_missing_from_energy_is_named() -> None:
+    dg.state("q")
+    p = dg.state("p")
+    with pytest.raises(SpecError, match=r"state \['p'\], which are the variables of the energy"):
+        dg.System(energy=p**2 / 2, structure=[[0, 1], [-1, 0]])
+
+
 def test_initial_of_unknown_state_is_rejected() -> None:
     with pytest.raises(SpecError, match="'r'"):
         oscillator(lambda q, p: [[0, 1], [-1, 0]], initial={"r": 1.0})
@@ -167,3 +177,18 @@ def test_verify_kepler_mean_value_is_not_exact() -> None:
     for name in ("gonzalez", "itoh-abe", "itoh-abe-symmetric"):
         assert energy[name].status == PROVEN
     assert energy["mean-value"].status == FAILED
+
+
+def test_integrator_carries_kernels_hash() -> None:
+    files = render_system(load_spec(EXAMPLES / "damped_oscillator.py"))
+    digest = hashlib.sha256(files["kernels.py"].encode()).hexdigest()
+    assert f"Compiled with kernels.py of sha256 {digest}." in files["integrator.py"]
+    assert files["integrator.py"].startswith(f"# {GENERATED_LINE}\n")
+
+
+def test_state_dependent_structure_has_no_fourth_order() -> None:
+    system = load_spec(EXAMPLES / "lotka_volterra.py")
+    assert system_methods(system) == ("mean-value", "gonzalez", "itoh-abe", "itoh-abe-symmetric")
+    integrator = render_system(system)["integrator.py"]
+    assert "def integrate_mean_value_4" not in integrator
+    assert "structure_derivative(midpoint)" in integrator

@@ -1,20 +1,25 @@
-"""Examples of `dg.System` against known answers, run by the checked-in compiled loops."""
+"""Examples of `dg.System` against known solutions, run by the checked-in compiled loops."""
 
 from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
+import sympy as sp
 from conftest import EXAMPLES, GENERATED
 from scipy.integrate import solve_ivp
 from scipy.special import ellipj, ellipk
 
+import dgcodegen as dg
+from dgcodegen import integrate
 from dgcodegen.cli import main
 from dgcodegen.dsl import load_spec
 from dgcodegen.errors import SpecError
-from dgcodegen.integrate import SYSTEM_METHODS, CompiledSystem, load_integrator
+from dgcodegen.integrate import SYSTEM_METHODS, CompiledSystem, compile_system, load_integrator
+from dgcodegen.system import NEGATIVE_SEMIDEFINITE
 
 PENDULUM_PERIOD = 7.4162987092
 """`4 K(1/2)` for the pendulum released at rest from `q = pi/2`."""
@@ -61,7 +66,8 @@ def test_pendulum_period(pendulum: CompiledSystem, method: str) -> None:
     assert period == pytest.approx(PENDULUM_PERIOD, rel=1e-6)
 
 
-@pytest.mark.parametrize("method", SYSTEM_METHODS)
+# Gonzalez is left out because its kernels compile slowest; the Kepler tests cover it.
+@pytest.mark.parametrize("method", [m for m in SYSTEM_METHODS if m != "gonzalez"])
 def test_pendulum_conserves_energy(pendulum: CompiledSystem, method: str) -> None:
     trajectory = pendulum.integrate(method, pendulum.system.step, 2_000)
     assert trajectory.converged
@@ -74,7 +80,8 @@ def test_pendulum_conserves_energy(pendulum: CompiledSystem, method: str) -> Non
     [
         ("pendulum", "mean-value", 1.0),
         ("kepler", "gonzalez", 0.5),
-        ("kepler", "itoh-abe-symmetric", 0.5),
+        # Gauss-Legendre mean value, not exact, but its error at this step is below round-off.
+        ("kepler", "mean-value", 0.5),
         ("lotka_volterra", "mean-value", 2.0),
         ("duffing", "mean-value", 0.75),
         ("henon_heiles", "mean-value", 0.1247),
@@ -86,6 +93,7 @@ def test_energy_drift_over_long_run(name: str, method: str, scale: float) -> Non
     assert trajectory.converged, trajectory.message
     assert trajectory.steps == LONG_RUN
     assert len(trajectory.energy) == LONG_RUN // 100 + 1
+    assert np.allclose(trajectory.times, np.arange(LONG_RUN // 100 + 1) * 100 * system.system.step)
     assert relative_drift(trajectory.energy, scale) <= 1e-12
 
 
@@ -101,6 +109,16 @@ def test_kepler_invariants_over_one_period() -> None:
     assert np.max(np.abs(momentum - 0.8)) <= 1e-5
     # After one period of 2 pi the orbit is back at its start, up to the O(h^2) phase error.
     assert np.allclose(trajectory.state, [0.4, 0.0, 0.0, 2.0], atol=1e-2)
+
+
+def test_kepler_period() -> None:
+    kepler = compiled("kepler")
+    trajectory = kepler.integrate("gonzalez", kepler.system.step, 32_000)
+    # q_1 rises through zero at each pericenter passage, where q_1'' = 0.
+    crossings = downward_crossings(trajectory.times, -trajectory.states[:, 1])
+    assert len(crossings) == 10
+    period = (crossings[-1] - crossings[0]) / (len(crossings) - 1)
+    assert period == pytest.approx(2 * math.pi, rel=1e-5)
 
 
 def test_lotka_volterra_invariant_and_orbit(lotka_volterra: CompiledSystem) -> None:
@@ -188,6 +206,48 @@ def test_fourth_order_jacobian_matches_finite_differences() -> None:
         assert np.allclose(jacobian[:, k], column, rtol=1e-7, atol=1e-8), (k, jacobian, column)
 
 
+def test_chunks_do_not_change_trajectory(pendulum: CompiledSystem, monkeypatch) -> None:
+    whole = pendulum.integrate("mean-value", 0.01, 100, save_every=3)
+    monkeypatch.setattr(integrate, "CHUNK_STEPS", 7)
+    chunked = pendulum.integrate("mean-value", 0.01, 100, save_every=3, show_progress=True)
+    assert np.array_equal(whole.states, chunked.states)
+    assert np.array_equal(whole.times, chunked.times)
+    assert np.array_equal(whole.energy, chunked.energy)
+    assert whole.newton_updates == chunked.newton_updates
+    assert len(chunked.times) == 100 // 3 + 2
+    assert chunked.times[-1] == pytest.approx(1.0)
+
+
+def test_interrupt_keeps_trajectory(pendulum: CompiledSystem, monkeypatch) -> None:
+    loop = pendulum.integrator.integrate_mean_value
+    calls = []
+
+    def interrupted(*arguments):
+        calls.append(arguments)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return loop(*arguments)
+
+    proxy = types.SimpleNamespace(integrate_mean_value=interrupted)
+    system = CompiledSystem.__new__(CompiledSystem)
+    system.system, system.integrator, system.kernels = pendulum.system, proxy, pendulum.kernels
+    monkeypatch.setattr(integrate, "CHUNK_STEPS", 10)
+    trajectory = system.integrate("mean-value", 0.01, 100)
+    assert not trajectory.converged
+    assert trajectory.steps == 10
+    assert trajectory.message.startswith("interrupted after 10 of 100 steps")
+    assert len(trajectory.states) == 11
+
+
+def test_singular_newton_matrix_is_detected(pendulum: CompiledSystem) -> None:
+    rhs = np.ones(2)
+    _, solved = pendulum.integrator._solve(np.zeros((2, 2)), rhs)
+    assert solved is False
+    update, solved = pendulum.integrator._solve(2 * np.eye(2), rhs)
+    assert solved is True
+    assert np.array_equal(update, rhs / 2)
+
+
 def test_failed_step_is_reported(lotka_volterra: CompiledSystem) -> None:
     trajectory = lotka_volterra.integrate("mean-value", 5.0, 50)
     assert not trajectory.converged
@@ -206,6 +266,7 @@ def test_failed_step_is_reported(lotka_volterra: CompiledSystem) -> None:
         ({"step": 0.1, "steps": 10, "save_every": 0}, "invalid save_every"),
         ({"step": 0.1, "steps": 10, "x0": [1.0]}, r"shape \(1,\), expected \(2,\)"),
         ({"step": 0.1, "steps": 10, "x0": [1.0, math.inf]}, "not finite"),
+        ({"step": 0.1, "steps": 10**9}, "GiB; raise --save-every to at least 15"),
     ],
 )
 def test_bad_run_arguments(lotka_volterra: CompiledSystem, options: dict, message: str) -> None:
@@ -240,7 +301,7 @@ def test_cli_solve_reports_failed_step(capsys) -> None:
     assert "step 2 of 50 failed" in capsys.readouterr().out
 
 
-def test_cli_solve_rejects_loss_only_and_system_only_options(capsys) -> None:
+def test_cli_solve_rejects_misplaced_options(capsys) -> None:
     system = ["-q", "solve", str(EXAMPLES / "pendulum.py")]
     assert main(system) == 1
     assert "--steps N is required" in capsys.readouterr().err
@@ -249,3 +310,44 @@ def test_cli_solve_rejects_loss_only_and_system_only_options(capsys) -> None:
     assert "--steps applies to a dg.System" in capsys.readouterr().err
     assert main(["-q", "solve", str(EXAMPLES / "rosenbrock.py"), "--method", "mean-value-4"]) == 1
     assert "integrates a dg.System" in capsys.readouterr().err
+
+
+def test_cli_verify_system(tmp_path, capsys) -> None:
+    path = tmp_path / "certificate.json"
+    arguments = ["-q", "verify", str(EXAMPLES / "damped_oscillator.py"), "--json", str(path)]
+    assert main(arguments) == 0
+    output = capsys.readouterr().out
+    assert "structure matrix: negative semidefinite, constant" in output
+    assert "H(y) <= H(x)" in output
+    document = json.loads(path.read_text())
+    assert document["passed"] is True
+    assert document["structure"].startswith("negative semidefinite")
+
+
+def test_gradient_flow_is_the_loss_step() -> None:
+    loss = load_spec(EXAMPLES / "rosenbrock.py")
+    system = dg.System(
+        energy=loss.free_term,
+        structure=-sp.eye(2),
+        initial={"x": [-1.2, 1.0]},
+        name="rosenbrock_flow",
+    )
+    assert system.classification.kind == NEGATIVE_SEMIDEFINITE
+    step = 1e-3
+    compiled_flow = compile_system(system)
+    trajectory = compiled_flow.integrate("mean-value", step, 20)
+    assert trajectory.converged
+    for x, y in zip(trajectory.states[:-1], trajectory.states[1:]):
+        # S = -I turns the step into the loss step y = x - tau DG(x, y) with tau = h.
+        residual = y - x + step * compiled_flow.kernels.dg_mean_value(x, y)
+        assert np.max(np.abs(residual)) <= 1e-12
+    assert np.all(np.diff(trajectory.energy) < 0)
+
+
+def test_regenerated_package_is_reloaded(tmp_path) -> None:
+    structures = ([[0, 1], [-1, 0]], [[0, 2], [-2, -1]])
+    for structure in structures:
+        q, p = dg.state("q"), dg.state("p")
+        system = dg.System(energy=(q**2 + p**2) / 2, structure=structure, name="oscillator")
+        integrator = compile_system(system, tmp_path / "oscillator").integrator
+        assert integrator.structure(np.zeros(2)).tolist() == structure

@@ -39,6 +39,10 @@ STATIONARY_STEP = 1e-15
 """A step shorter than `STATIONARY_STEP * max(1, |x|)` ends the run when it also changes the loss
 by at most `4 * eps * max(1, |V(x)|)`, a change at rounding level."""
 
+REFRESH_CONTRACTION = 0.1
+"""With `reuse_jacobian`, an update from a kept Jacobian that leaves `|F|` above this fraction
+of its previous value makes the next update evaluate the Jacobian afresh."""
+
 DIVERGENCE_LOSS = 1e300
 """`gradient_descent` reports divergence once the loss exceeds this value."""
 
@@ -50,11 +54,18 @@ class StepperOptions:
     Attributes:
         step: Initial step size tau, > 0.
         schedule: "fixed" changes tau only when a try is rejected, "grow" also multiplies
-            it by `growth` after each accepted step.
-        growth: Factor applied to tau after each accepted step of the "grow" schedule.
-        max_step: Upper bound on tau in the "grow" schedule. A larger tau is not always faster:
-            on a quadratic the mean-value step multiplies the error by the Cayley transform
-            `(I + tau A / 2)^-1 (I - tau A / 2)`, whose eigenvalues tend to -1 as tau grows.
+            it by `growth` after each accepted step up to `max_step`, and "cycle" multiplies it
+            by `growth` after each accepted step and starts again from `step` once it would
+            pass `max_step`. On a quadratic with Hessian eigenvalues in `[mu, L]`, a cycle from
+            about `2 / L` to `2 / mu` gives every eigenvalue a step whose Cayley factor
+            `|1 - tau lambda / 2| / (1 + tau lambda / 2)` is near zero, as the shifts of ADI
+            iterations do, which a fixed tau cannot.
+        growth: Factor applied to tau after each accepted step of the "grow" and "cycle"
+            schedules.
+        max_step: Upper bound on tau in the "grow" and "cycle" schedules. A larger tau is not
+            always faster: on a quadratic the mean-value step multiplies the error by the Cayley
+            transform `(I + tau A / 2)^-1 (I - tau A / 2)`, whose eigenvalues tend to -1 as tau
+            grows.
         shrink: Factor applied to tau after a rejected try, in (0, 1).
         min_step: The run raises `SolverError` once tau falls below `min_step * step`.
         tol: The run has converged when `|grad V(x)| <= tol * max(1, |grad V(x0)|)`.
@@ -63,6 +74,11 @@ class StepperOptions:
             `|F(y)| <= newton_rtol * |y - x| + newton_atol * max(1, |x|)`.
         newton_atol: Absolute part of the Newton tolerance, scaled by `max(1, |x|)`.
         newton_max_iter: Maximum number of Newton updates per try.
+        reuse_jacobian: Keep the Jacobian, and the inverse of the Newton matrix
+            `I + tau * J`, across Newton updates and steps while each update still shrinks
+            `|F|` by at least `REFRESH_CONTRACTION`; evaluate it afresh otherwise. The
+            tolerance is always checked on the true residual, so this changes the cost of a
+            solve, not its accuracy. False evaluates the Jacobian at every update.
     """
 
     step: float
@@ -76,12 +92,18 @@ class StepperOptions:
     newton_rtol: float = 1e-10
     newton_atol: float = 1e-13
     newton_max_iter: int = 30
+    reuse_jacobian: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.step) and self.step > 0):
             raise SpecError(f"invalid step {self.step!r}: the step size must be finite and > 0")
-        if self.schedule not in ("fixed", "grow"):
-            raise SpecError(f"invalid schedule {self.schedule!r}: use 'fixed' or 'grow'")
+        if self.schedule not in ("fixed", "grow", "cycle"):
+            raise SpecError(f"invalid schedule {self.schedule!r}: use 'fixed', 'grow' or 'cycle'")
+        if self.schedule == "cycle" and not (self.growth > 1 and self.max_step > self.step):
+            raise SpecError(
+                f"invalid growth {self.growth!r} or max_step {self.max_step!r}: the 'cycle' "
+                "schedule needs growth > 1 and max_step > step"
+            )
         if self.schedule == "grow" and not (self.growth >= 1 and self.max_step >= self.step):
             raise SpecError(
                 f"invalid growth {self.growth!r} or max_step {self.max_step!r}: the 'grow' "
@@ -151,6 +173,7 @@ class _NewtonResult:
 class _Step:
     y: np.ndarray
     loss: float
+    gradient: np.ndarray
     gradient_norm: float
     tau: float
     newton: _NewtonResult
@@ -183,15 +206,91 @@ def _line_search(
     return None
 
 
-def _newton_solve(
-    x: np.ndarray, tau: float, dg: PairFunction, jacobian: PairFunction, options: StepperOptions
+@dataclass
+class _NewtonMatrix:
+    """Jacobian kept between Newton updates, with the inverse of `I + tau * jacobian`."""
+
+    jacobian: np.ndarray | None = None
+    tau: float = math.nan
+    inverse: np.ndarray | None = None
+
+    def invert(self, tau: float) -> str | None:
+        """Set `inverse` for `tau` from the kept Jacobian, and return why that failed or None."""
+        matrix = tau * self.jacobian
+        matrix[np.diag_indices_from(matrix)] += 1.0
+        try:
+            # One inverse serves every update that reuses this matrix, each a matrix-vector
+            # product; the solve's accuracy comes from the residual test, not from here.
+            self.inverse = np.linalg.inv(matrix)
+        except np.linalg.LinAlgError:
+            self.inverse = None
+            return "singular Newton matrix"
+        self.tau = tau
+        if not np.all(np.isfinite(self.inverse)):
+            self.inverse = None
+            return "singular Newton matrix"
+        return None
+
+    def refresh(
+        self, x: np.ndarray, y: np.ndarray, tau: float, jacobian: PairFunction
+    ) -> str | None:
+        """Evaluate the Jacobian at `(x, y)`, invert, and return why that failed or None."""
+        value = np.array(jacobian(x, y), dtype=float)
+        if value.shape != (x.size, x.size):
+            raise SpecError(f"jacobian returned shape {value.shape}, expected {(x.size, x.size)}")
+        if not np.all(np.isfinite(value)):
+            self.jacobian = self.inverse = None
+            return "non-finite Jacobian"
+        self.jacobian = value
+        return self.invert(tau)
+
+
+def _line_search_failure(
+    x: np.ndarray,
+    y: np.ndarray,
+    update: np.ndarray,
+    residual: float,
+    tau: float,
+    dg: PairFunction,
+    iteration: int,
 ) -> _NewtonResult:
-    """Solve `y - x + tau * DG(x, y) = 0` from `y = x`. `failure` is None only on success."""
-    identity = np.eye(x.size)
+    """Return the failure of a solve whose line search found no decrease of `|F|`.
+
+    A full update to a point where `F` is not finite is reported as such, with that residual.
+    """
+    trial = _norm(_newton_residual(x, y + update, tau, dg))
+    if not math.isfinite(trial):
+        return _NewtonResult(y, trial, iteration, "non-finite Newton residual")
+    return _NewtonResult(y, residual, iteration, "line search found no decrease of |F|")
+
+
+def _newton_solve(
+    x: np.ndarray,
+    tau: float,
+    dg: PairFunction,
+    jacobian: PairFunction,
+    options: StepperOptions,
+    kept: _NewtonMatrix | None = None,
+    gradient_at_x: np.ndarray | None = None,
+) -> _NewtonResult:
+    """Solve `y - x + tau * DG(x, y) = 0` from `y = x`. `failure` is None only on success.
+
+    `kept` carries the Jacobian between calls when `options.reuse_jacobian` is set. An update
+    from a kept Jacobian that finds no decrease of `|F|` is retried with a fresh one, so a
+    solve fails only when a freshly evaluated Jacobian fails. `gradient_at_x`, when given,
+    stands in for `DG(x, x)`, equal to `grad V(x)` for every discrete gradient, which saves
+    one evaluation of `DG` per solve.
+    """
+    if kept is None or not options.reuse_jacobian:
+        kept = _NewtonMatrix()
     atol = options.newton_atol * max(1.0, _norm(x))
     y = x.copy()
-    residual_vector = _newton_residual(x, y, tau, dg)
+    if gradient_at_x is not None and gradient_at_x.shape == x.shape:
+        residual_vector = tau * gradient_at_x
+    else:
+        residual_vector = _newton_residual(x, y, tau, dg)
     residual = _norm(residual_vector)
+    fresh = False
 
     for iteration in range(options.newton_max_iter + 1):
         if not math.isfinite(residual):
@@ -204,20 +303,29 @@ def _newton_solve(
         if iteration == options.newton_max_iter:
             break
 
-        matrix = identity + tau * np.asarray(jacobian(x, y), dtype=float)
-        if matrix.shape != identity.shape:
-            raise SpecError(f"jacobian returned shape {matrix.shape}, expected {identity.shape}")
-        if not np.all(np.isfinite(matrix)):
-            return _NewtonResult(y, residual, iteration, "non-finite Jacobian")
-        try:
-            update = np.linalg.solve(matrix, -residual_vector)
-        except np.linalg.LinAlgError:
-            return _NewtonResult(y, residual, iteration, "singular Newton matrix")
+        failure = None
+        if kept.jacobian is None or not options.reuse_jacobian:
+            failure, fresh = kept.refresh(x, y, tau, jacobian), True
+        elif kept.inverse is None or kept.tau != tau:
+            failure = kept.invert(tau)
+        if failure is not None:
+            return _NewtonResult(y, residual, iteration, failure)
+        update = -(kept.inverse @ residual_vector)
 
         searched = _line_search(x, y, update, residual, tau, dg)
+        if searched is None and not fresh:
+            failure, fresh = kept.refresh(x, y, tau, jacobian), True
+            if failure is not None:
+                return _NewtonResult(y, residual, iteration, failure)
+            update = -(kept.inverse @ residual_vector)
+            searched = _line_search(x, y, update, residual, tau, dg)
         if searched is None:
-            return _NewtonResult(y, residual, iteration, "line search found no decrease of |F|")
+            return _line_search_failure(x, y, update, residual, tau, dg, iteration)
+        contraction = searched[2] / residual
         y, residual_vector, residual = searched
+        if contraction > REFRESH_CONTRACTION:
+            kept.jacobian = kept.inverse = None
+        fresh = False
 
     failure = f"Newton not converged in {options.newton_max_iter} iterations"
     return _NewtonResult(y, residual, options.newton_max_iter, failure)
@@ -229,6 +337,8 @@ def _take_step(
     tau: float,
     functions: tuple[LossFunction, GradientFunction, PairFunction, PairFunction],
     options: StepperOptions,
+    kept: _NewtonMatrix | None = None,
+    gradient_at_x: np.ndarray | None = None,
 ) -> _Step:
     """Try `tau`, shrinking it after each rejected try, until a try is accepted.
 
@@ -239,14 +349,17 @@ def _take_step(
     first_tau = tau
     rejected = 0
     while True:
-        newton = _newton_solve(x, tau, dg, jacobian, options)
+        newton = _newton_solve(x, tau, dg, jacobian, options, kept, gradient_at_x)
         failure = newton.failure
         if failure is None:
             new_value = float(loss(newton.y))
-            new_gradient_norm = _norm(gradient(newton.y))
+            new_gradient = np.asarray(gradient(newton.y), dtype=float)
+            new_gradient_norm = _norm(new_gradient)
             failure = _check_accepted(x, value, newton.y, new_value, new_gradient_norm)
         if failure is None:
-            return _Step(newton.y, new_value, new_gradient_norm, tau, newton, rejected)
+            return _Step(
+                newton.y, new_value, new_gradient, new_gradient_norm, tau, newton, rejected
+            )
 
         logger.debug("rejected tau = %.3e: %s, residual %.3e", tau, failure, newton.residual)
         rejected += 1
@@ -317,7 +430,8 @@ def discrete_gradient_descent(
     if x.ndim != 1:
         raise SpecError(f"invalid x0 shape {x.shape}: expected a 1-D parameter vector")
     value = float(loss(x))
-    gradient_norm = _norm(gradient(x))
+    current_gradient = np.asarray(gradient(x), dtype=float)
+    gradient_norm = _norm(current_gradient)
     if not (math.isfinite(value) and math.isfinite(gradient_norm)):
         raise SolverError(
             f"loss {value} or gradient norm {gradient_norm} at x0 is not finite. "
@@ -325,13 +439,14 @@ def discrete_gradient_descent(
         )
 
     functions = (loss, gradient, discrete_gradient, jacobian)
+    kept = _NewtonMatrix()
     history = History()
     tau = options.step
     initial_gradient_norm = gradient_norm
     converged = _is_converged(gradient_norm, initial_gradient_norm, options.tol)
     stationary = False
     while not (converged or stationary) and len(history.loss) < options.max_steps:
-        step = _take_step(x, value, tau, functions, options)
+        step = _take_step(x, value, tau, functions, options, kept, current_gradient)
         step_norm = _norm(step.y - x)
         change = step.loss - value
         energy_residual = change + step_norm**2 / step.tau
@@ -345,11 +460,10 @@ def discrete_gradient_descent(
 
         stationary = _is_stationary(x, value, step_norm, change)
         x, value, gradient_norm = step.y, step.loss, step.gradient_norm
+        current_gradient = step.gradient
         if progress is not None:
             progress(len(history.loss), value, step.tau)
-        tau = step.tau
-        if options.schedule == "grow":
-            tau = min(tau * options.growth, options.max_step)
+        tau = _next_step(step.tau, options)
         converged = _is_converged(gradient_norm, initial_gradient_norm, options.tol)
 
     steps = len(history.loss)
@@ -368,6 +482,16 @@ def discrete_gradient_descent(
         time.perf_counter() - start, steps, sum(history.rejected), message,
     )  # fmt: skip
     return SolveResult(x, value, gradient_norm, converged, steps, message, history)
+
+
+def _next_step(tau: float, options: StepperOptions) -> float:
+    """Return the tau of the next step after a step accepted at `tau`."""
+    if options.schedule == "grow":
+        return min(tau * options.growth, options.max_step)
+    if options.schedule == "cycle":
+        grown = tau * options.growth
+        return grown if grown <= options.max_step else options.step
+    return tau
 
 
 def _is_stationary(x: np.ndarray, value: float, step_norm: float, change: float) -> bool:

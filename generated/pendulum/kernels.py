@@ -12,6 +12,7 @@ parallel and serial results are identical and no two threads write the same entr
 """
 
 import math
+import os
 import warnings
 
 import numba
@@ -21,6 +22,37 @@ from numba import prange
 CHUNK = 256
 N_PARAMETERS = 2
 GONZALEZ_SERIES_THRESHOLD = 0.01
+
+
+
+def _install_cache_locator():
+    """Keep Numba's cache entries of this file in one folder per module name.
+
+    Numba records the module name of each compiled function in its cache entries and imports
+    that module when it loads one. This file runs under different names (`<package>.kernels`
+    under `python -m <package>`, a hash-based name in dgcodegen's cache), and a renamed package
+    folder keeps its `__pycache__`, so entries made under another name must not be loaded.
+    """
+    try:
+        from numba.core.caching import CacheImpl, InTreeCacheLocator
+    except ImportError:
+        # NOTE: an internal Numba API, checked with Numba 0.68. Without it, entries made under
+        # different module names share one folder again.
+        return
+    source = os.path.abspath(__file__)
+
+    class ModuleCacheLocator(InTreeCacheLocator):
+        def __init__(self, py_func, py_file):
+            super().__init__(py_func, py_file)
+            self._cache_path = os.path.join(self._cache_path, py_func.__module__)
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if numba.config.CACHE_DIR or os.path.abspath(py_file) != source:
+                return None
+            return super().from_function(py_func, py_file)
+
+    CacheImpl._locator_classes.insert(0, ModuleCacheLocator)
 
 
 def _cache_is_usable():
@@ -47,7 +79,9 @@ def _cache_is_usable():
     return True
 
 
+_install_cache_locator()
 OPTIONS = {"cache": _cache_is_usable(), "error_model": "numpy", "fastmath": False}
+
 
 
 @numba.njit(**OPTIONS)
