@@ -303,6 +303,8 @@ def newton_krylov_descent(
             progress(len(history.loss), value, tau)
         if options.schedule == "grow":
             tau = min(tau * options.growth, options.max_step)
+        elif options.schedule == "cycle":
+            tau = tau * options.growth if tau * options.growth <= options.max_step else options.step
         converged = _is_converged(gradient_norm, initial_gradient_norm, options.tol)
 
     steps = len(history.loss)

@@ -49,12 +49,8 @@ def pick_linear_solver(n: int, requested: str) -> str:
     """Return "dense" or "krylov" for a problem of n parameters, and log the choice."""
     if requested == "auto":
         choice = "dense" if n <= DENSE_NEWTON_LIMIT else "krylov"
-        log.info(
-            "using %s Newton for %d parameters (dense up to %d)",
-            "dense" if choice == "dense" else "Newton-Krylov:",
-            n,
-            DENSE_NEWTON_LIMIT,
-        )
+        name = "dense Newton" if choice == "dense" else "Newton-Krylov"
+        log.info("using %s for %d parameters (dense Newton up to %d)", name, n, DENSE_NEWTON_LIMIT)
         return choice
     log.info("using %s Newton for %d parameters, as requested", requested, n)
     return requested

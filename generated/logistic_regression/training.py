@@ -240,9 +240,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--schedule",
-        choices=("fixed", "grow"),
+        choices=("fixed", "grow", "cycle"),
         default="fixed",
-        help="keep tau fixed, or grow it by --growth after each accepted step",
+        help="keep tau fixed; grow it by --growth after each accepted step up to --max-step; "
+        "or cycle: grow it and restart from --step once it would pass --max-step",
     )
     parser.add_argument("--growth", type=positive_float, default=2.0, help="growth factor of tau")
     parser.add_argument("--max-step", type=positive_float, default=1e8, help="upper bound on tau")
