@@ -213,6 +213,12 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         check_output_path(args.json)
     problem = load_spec(args.spec)
+    if isinstance(problem, Network):
+        raise SpecError(
+            f"verify covers dg.Loss and dg.System specs, not the dg.Network {problem.name!r}: "
+            "a network's discrete gradients are assembled at run time from its loss, gradient "
+            "and HVP kernels, and the tests check them numerically"
+        )
     if isinstance(problem, System):
         report = verify_system(problem, seed=args.seed)
     else:

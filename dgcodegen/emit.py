@@ -93,15 +93,22 @@ def render(module: LoweredModule, spec_hash: str, layout: Layout) -> dict[str, s
             "from .problem import LAYOUT  # noqa: F401\n"
         ),
     }
-    for name in RUNTIME_MODULES:
+    files.update(_runtime_copies(RUNTIME_MODULES, spec_hash))
+    _check_syntax(files)
+    return files
+
+
+def _runtime_copies(names: tuple[str, ...], spec_hash: str) -> dict[str, str]:
+    """Copies of dgcodegen modules for a generated package, each with a header added."""
+    copies = {}
+    for name in names:
         source = Path(__file__).with_name(f"{name}.py").read_text(encoding="utf-8")
-        files[f"{name}.py"] = (
+        copies[f"{name}.py"] = (
             f"# {GENERATED_LINE}\n"
             f"# dgcodegen {__version__}, copied from dgcodegen/{name}.py, spec sha256 {spec_hash}\n"
             + source
         )
-    _check_syntax(files)
-    return files
+    return copies
 
 
 def render_network(network: Network) -> dict[str, str]:
@@ -136,6 +143,8 @@ def render_network(network: Network) -> dict[str, str]:
             "from .problem import LAYOUT  # noqa: F401\n"
         ),
     }
+    # problem.py needs Layout; the solvers stay in dgcodegen because they need SciPy.
+    files.update(_runtime_copies(("errors", "layout"), spec_hash))
     _check_syntax(files)
     return files
 
