@@ -111,7 +111,11 @@ def _loss_gradient_functions(
     kernels = compiled.kernels
     data = compiled.data
     functions: dict[str, Callable[[], Any]] = {
-        "generated": lambda: (kernels.loss(theta, *data), kernels.gradient(theta, *data)),
+        "generated": lambda: kernels.loss_gradient(theta, *data),
+        "generated, separate loss and gradient": lambda: (
+            kernels.loss(theta, *data),
+            kernels.gradient(theta, *data),
+        ),
         "generated gradient only": lambda: kernels.gradient(theta, *data),
         "hand-written Numba": lambda: handwritten.loss_and_gradient(theta, x, y),
         "NumPy": lambda: handwritten.numpy_loss_and_gradient(theta, x, y),

@@ -122,6 +122,22 @@ class KernelBuilder:
         doc = "Gradient of V at theta."
         return self._spec("gradient", self.theta_argument, (self.n,), blocks, "identity", doc)
 
+    def loss_gradient(self) -> KernelSpec:
+        """Loss and gradient from one pass over the data, sharing subexpressions."""
+        loss, gradient = self.loss(), self.gradient()
+
+        def blocks(part: str, with_ridges: bool) -> list[Block]:
+            source = (loss, gradient)
+            if part == "sample":
+                return [block for spec in source for block in spec.sample_blocks]
+            return [block for spec in source for block in spec.free_blocks]
+
+        shape = (self.n + 1,)
+        doc = "Loss V(theta) and its gradient, as a tuple."
+        return self._spec(
+            "loss_gradient", self.theta_argument, shape, blocks, "loss_gradient", doc
+        )
+
     def hessian(self) -> KernelSpec:
         dv = self.dv
 
@@ -341,7 +357,7 @@ class KernelBuilder:
     def all(self) -> list[KernelSpec]:
         """Return every kernel the runtime needs, in a fixed order."""
         started = time.perf_counter()
-        kernels = [self.loss(), self.gradient(), self.hessian()]
+        kernels = [self.loss(), self.gradient(), self.loss_gradient(), self.hessian()]
         kernels += self.mean_value()
         kernels += self.gonzalez()
         kernels += self.itoh_abe()

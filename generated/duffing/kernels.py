@@ -141,6 +141,28 @@ gradient = numba.njit(parallel=False, **OPTIONS)(_gradient)
 
 
 @numba.njit(**OPTIONS)
+def _loss_gradient_free(theta, total):
+    """Add the data-free term's quantities into total."""
+    theta_0 = theta[0]
+    theta_1 = theta[1]
+
+    total[0] += (0.5)*(theta_1*theta_1) + (0.25)*(theta_0*theta_0*theta_0*theta_0) + (0.5)*(theta_0*theta_0)
+    total[1] += (theta_0*theta_0*theta_0) + theta_0
+    total[2] += theta_1
+    return total
+
+
+def _loss_gradient(theta):
+    """Loss V(theta) and its gradient, as a tuple. (10 operations.)"""
+    total = np.zeros(3)
+    total = _loss_gradient_free(theta, total)
+    return _combine_loss_gradient(theta, total)
+
+
+loss_gradient = numba.njit(parallel=False, **OPTIONS)(_loss_gradient)
+
+
+@numba.njit(**OPTIONS)
 def _hessian_free(theta, total):
     """Add the data-free term's quantities into total."""
     theta_0 = theta[0]
@@ -413,6 +435,12 @@ jac_itoh_abe_symmetric = numba.njit(parallel=False, **OPTIONS)(_jac_itoh_abe_sym
 
 
 @numba.njit(**OPTIONS)
+def _combine_loss_gradient(theta, total):
+    """(V, grad V) from totals [V, grad V]."""
+    return total[0], total[1:].copy()
+
+
+@numba.njit(**OPTIONS)
 def _combine_gonzalez_direct_dg(x, y, total):
     """grad V(m) + (V(y) - V(x) - grad V(m) . d) / |d|^2 d from totals [dV, grad V(m)]."""
     n = N_PARAMETERS
@@ -496,7 +524,7 @@ def jac_gonzalez(x, y):
     return jac_gonzalez_direct(x, y)
 
 
-KERNELS = ("loss", "gradient", "hessian", "dg_mean_value", "jac_mean_value", "dg_gonzalez_direct", "dg_gonzalez_series", "jac_gonzalez_direct", "jac_gonzalez_series", "dg_itoh_abe", "jac_itoh_abe", "dg_itoh_abe_symmetric", "jac_itoh_abe_symmetric", "dg_gonzalez", "jac_gonzalez")
+KERNELS = ("loss", "gradient", "loss_gradient", "hessian", "dg_mean_value", "jac_mean_value", "dg_gonzalez_direct", "dg_gonzalez_series", "jac_gonzalez_direct", "jac_gonzalez_series", "dg_itoh_abe", "jac_itoh_abe", "dg_itoh_abe_symmetric", "jac_itoh_abe_symmetric", "dg_gonzalez", "jac_gonzalez")
 
 
 def serial(name):

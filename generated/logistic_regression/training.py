@@ -72,6 +72,11 @@ class BoundKernels:
     def gradient(self, theta: np.ndarray) -> np.ndarray:
         return self.kernels.gradient(self._vector(theta, "theta"), *self.data)
 
+    def loss_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Return the loss and its gradient from one pass over the data."""
+        value, gradient = self.kernels.loss_gradient(self._vector(theta, "theta"), *self.data)
+        return float(value), gradient
+
     def hessian(self, theta: np.ndarray) -> np.ndarray:
         return self.kernels.hessian(self._vector(theta, "theta"), *self.data)
 
