@@ -116,8 +116,8 @@ def _accuracy(kernels, theta: np.ndarray, test: dict) -> float:
 DG_SCHEDULE = {"step": 0.1, "schedule": "cycle", "growth": 10.0, "max_step": 1e4}
 """Step sizes of the discrete gradient runs: tau cycles 0.1, 1, ..., 1e4. A fixed large tau
 makes slow progress, because the step maps each Hessian eigendirection by the factor
-`(1 - tau lambda / 2) / (1 + tau lambda / 2)`, near -1 for large tau lambda; a cycle of taus
-damps every direction in turn."""
+`(1 - tau lambda / 2) / (1 + tau lambda / 2)`, which is near -1 for large tau lambda. A
+cycle of taus damps every direction in turn."""
 
 
 def training(quick: bool) -> tuple[float, list[TrainingRow]]:

@@ -34,6 +34,16 @@ EXIT_VERIFICATION_FAILED = 1
 __all__ = ["EXIT_INVALID_INPUT", "EXIT_NOT_CONVERGED", "EXIT_VERIFICATION_FAILED", "main"]
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgcodegen",
@@ -70,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
 
     generate = add_command("generate", "derive and render the kernels of a spec")
-    generate.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
+    generate.add_argument("spec", type=Path, help="spec file: .py binding `problem`, or .toml")
     generate.add_argument(
         "--out", type=Path, help="package folder to write (default: generated/<name>)"
     )
@@ -81,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     solve = add_command("solve", "train a spec with the discrete gradient method")
-    solve.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
+    solve.add_argument("spec", type=Path, help="spec file: .py binding `problem`, or .toml")
     solve.add_argument(
         "--data",
         type=Path,
@@ -94,10 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--out", type=Path, help="folder for the generated kernels")
 
     verify = add_command("verify", "prove or check the discrete gradient identities of a spec")
-    verify.add_argument("spec", type=Path, help="Python spec file that binds `problem`")
+    verify.add_argument("spec", type=Path, help="spec file: .py binding `problem`, or .toml")
     verify.add_argument("--json", type=Path, help="write the certificate to this JSON file")
     verify.add_argument(
-        "--seed", type=int, default=0, help="seed of the random points of numerical checks"
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the random points of numerical checks, an integer >= 0",
     )
     return parser
 
@@ -132,6 +145,7 @@ def _generate(args: argparse.Namespace) -> int:
     out = args.out or Path("generated") / problem.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out} is a file; give a folder for the generated package")
+    _check_package_folder(out)
     if isinstance(problem, System):
         return generate_system_package(problem, out, args.check)
     if args.check:
@@ -151,6 +165,26 @@ def _generate(args: argparse.Namespace) -> int:
             directory.name,
         )
     return 0
+
+
+def _check_package_folder(out: Path) -> None:
+    """Reject a package folder whose name `python -m` would resolve to another module."""
+    import importlib.util
+
+    name = out.resolve().name
+    if not name.isidentifier():
+        return
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return
+    location = found.submodule_search_locations if found is not None else None
+    if found is None or (location and Path(next(iter(location))).resolve() == out.resolve()):
+        return
+    raise SpecError(
+        f"the folder name {name!r} is also the name of the module {found.origin or name}, "
+        f"which `python -m {name}` would run instead of the package; choose another --out"
+    )
 
 
 def _check_generated(problem, out: Path) -> int:  # noqa: ANN001 - a Loss or a Network
@@ -251,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         return _solve(args, show_progress)
     except DgcodegenError as error:
         return report_error("dgcodegen", error)
+    except BrokenPipeError:
+        # The reader of stdout quit early, as `dgcodegen solve ... | head` does; any JSON file
+        # is already written. Point stdout at devnull so the exit flush raises nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -540,6 +540,11 @@ def load_spec(path: str | Path) -> Loss:
         spec.loader.exec_module(module)
     except SpecError:
         raise
+    except SystemExit as error:
+        raise SpecError(
+            f"the spec {path} called sys.exit({error.code!r}) while loading; a spec must only "
+            "bind `problem`, so remove the call or guard it with `if __name__ == '__main__':`"
+        ) from error
     except Exception as error:
         raise SpecError(
             f"running the spec {path} failed: {type(error).__name__}: {error}"

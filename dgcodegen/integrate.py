@@ -89,6 +89,18 @@ def load_integrator(directory: Path) -> ModuleType:
 # Running
 
 
+def _caused_by_interrupt(error: BaseException) -> bool:
+    """Return whether a KeyboardInterrupt is in the cause or context chain of `error`."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 @dataclass
 class Trajectory:
     """Outcome of a run of the time loop.
@@ -215,6 +227,12 @@ class CompiledSystem:
                 if progress_bar is not None:
                     progress_bar.update(chunk[5])
         except KeyboardInterrupt:
+            run.interrupted = True
+        except SystemError as error:
+            # A Ctrl-C that arrives while Numba unpickles a cached object surfaces as a
+            # SystemError chained to the KeyboardInterrupt.
+            if not _caused_by_interrupt(error):
+                raise
             run.interrupted = True
         finally:
             if progress_bar is not None:

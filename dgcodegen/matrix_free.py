@@ -5,8 +5,8 @@ symbolic Jacobians are out of reach, so the discrete gradients are assembled at 
 from three kernels: the loss, the gradient and the Hessian-vector product (HVP).
 
 - Gonzalez: `DG = g(m) + c d` with `d = y - x`, `m = (x + y) / 2`, `g = grad V` and
-  `c = (V(y) - V(x) - g(m) . d) / |d|^2`. The identity `DG . d = V(y) - V(x)` holds
-  exactly. Its Jacobian-vector product needs one HVP at `m` per vector.
+  `c = (V(y) - V(x) - g(m) . d) / |d|^2`. The identity `DG . d = V(y) - V(x)` is
+  exact. Its Jacobian-vector product needs one HVP at `m` per vector.
 - mean value: `DG = sum_i w_i g(x + s_i d)` with Gauss-Legendre nodes on [0, 1]. The
   quadrature is exact for polynomial losses up to degree `2 * nodes`, and otherwise the
   identity holds up to the quadrature error, which the stepper's loss check guards. Its

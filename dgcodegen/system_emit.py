@@ -160,7 +160,7 @@ def render_system(system: System) -> dict[str, str]:
     integrator = render_integrator(system, spec_hash, kernels_hash)
     init = (
         f"# {GENERATED_LINE}\n"
-        f"# dgcodegen {__version__}, spec sha256 {spec_hash}\n"
+        f"# dgcodegen {__version__}, written by dgcodegen/system_emit.py, spec sha256 {spec_hash}\n"
         f'"""Generated kernels and time loops of the system {system.name!r}."""\n\n'
         "from .integrator import *  # noqa: F401,F403\n"
         "from .kernels import *  # noqa: F401,F403\n"

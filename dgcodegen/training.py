@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -188,12 +189,21 @@ def check_output_path(path: Path) -> None:
         raise SpecError(f"output path {path} is a folder; give a file name")
     if not path.parent.is_dir():
         raise SpecError(f"folder {path.parent} of the output {path} does not exist")
+    try:
+        # The file is written through a temporary file in the same folder and a rename.
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise SpecError(f"cannot write the output {path}: {error}") from error
 
 
 def write_json(document: dict[str, Any], path: Path) -> None:
     """Write `document` atomically; non-finite floats become null rather than invalid JSON."""
     text = json.dumps(_finite(document), indent=2, allow_nan=False) + "\n"
-    write_atomic(Path(path), text)
+    try:
+        write_atomic(Path(path), text)
+    except OSError as error:
+        raise SpecError(f"cannot write {path}: {error}") from error
 
 
 def _finite(value: Any) -> Any:

@@ -439,9 +439,7 @@ def test_solve_without_data(capsys: pytest.CaptureFixture[str], regression_spec:
     assert stderr.startswith("dgcodegen: error: ")
 
 
-def test_solve_without_data_hint(
-    capsys: pytest.CaptureFixture[str], regression_spec: Path
-) -> None:
+def test_solve_without_data_hint(capsys: pytest.CaptureFixture[str], regression_spec: Path) -> None:
     code, _, stderr = _run(capsys, "solve", regression_spec)
     assert code == 1
     assert "--data" in stderr
@@ -492,3 +490,64 @@ def test_module_exit_code(tmp_path: Path) -> None:
     assert completed.returncode == 1
     assert "spec file not found" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_generate_keeps_user_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "training.py").write_text("print('mine')\n", encoding="utf-8")
+    spec = Path(__file__).resolve().parent.parent / "examples" / "rosenbrock.py"
+    code, _, stderr = _run(capsys, "generate", spec, "--out", folder)
+    assert code == 1
+    assert "contains training.py, which dgcodegen did not generate" in stderr
+    assert (folder / "training.py").read_text(encoding="utf-8") == "print('mine')\n"
+    assert not (folder / "kernels.py").exists()
+
+
+def test_generate_rejects_module_folder_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = Path(__file__).resolve().parent.parent / "examples" / "rosenbrock.py"
+    code, _, stderr = _run(capsys, "generate", spec, "--out", tmp_path / "json")
+    assert code == 1
+    assert "is also the name of the module" in stderr
+    assert not (tmp_path / "json").exists()
+
+
+def test_csv_duplicate_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, regression_spec: Path
+) -> None:
+    rows = _regression_rows()
+    path = _write_csv(
+        tmp_path / "twice.csv", ["u[0]", "u[1]", "v", "v"], np.column_stack([rows, rows[:, 2]])
+    )
+    code, _, stderr = _run(capsys, "solve", regression_spec, "--data", path)
+    assert code == 1
+    assert "names the field 'v' twice, in columns 3 and 4" in stderr
+
+
+def test_spec_calling_exit(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    spec = tmp_path / "exits.py"
+    spec.write_text("import sys\nsys.exit(0)\n", encoding="utf-8")
+    code, _, stderr = _run(capsys, "solve", spec)
+    assert code == 1
+    assert "called sys.exit(0) while loading" in stderr
+
+
+@pytest.mark.skipif(not Path("/proc/version").exists(), reason="needs Linux /proc")
+def test_unwritable_json_rejected_before_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = Path(__file__).resolve().parent.parent / "examples" / "rosenbrock.py"
+    code, stdout, stderr = _run(capsys, "solve", spec, "--json", "/proc/dgcodegen-run.json")
+    assert code == 1
+    assert "cannot write the output /proc/dgcodegen-run.json" in stderr
+    assert "loss" not in stdout
+
+
+def test_verify_rejects_negative_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = Path(__file__).resolve().parent.parent / "examples" / "rosenbrock.py"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["verify", str(spec), "--seed", "-1"])
+    assert exit_info.value.code == 2
+    assert "expected an integer >= 0" in capsys.readouterr().err

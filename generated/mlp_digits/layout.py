@@ -12,6 +12,7 @@ checks data arrays and reads data files. This module imports only NumPy and the 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import zipfile
 from dataclasses import dataclass
@@ -177,7 +178,23 @@ class Layout:
                 except ValueError as error:
                     raise SpecError(f"{path}, line {reader.line_num}: {error}") from error
         rows = np.array(values, dtype=np.float64).reshape(len(values), len(header))
-        position = {name.strip(): index for index, name in enumerate(header)}
+        position: dict[str, int] = {}
+        for index, name in enumerate(header):
+            field = name.strip()
+            if field in position:
+                raise SpecError(
+                    f"{path}: the header names the field {field!r} twice, in columns "
+                    f"{position[field] + 1} and {index + 1}; keep one"
+                )
+            position[field] = index
+        unused = sorted(set(position) - set(self.field_names()))
+        if unused:
+            logging.getLogger("dgcodegen").warning(
+                "%s: ignoring %d field(s) the problem does not use: %s",
+                path,
+                len(unused),
+                ", ".join(unused[:5]) + (", ..." if len(unused) > 5 else ""),
+            )
         missing = [f for f in self.field_names() if f not in position]
         if missing:
             column = missing[0].split("[")[0]
