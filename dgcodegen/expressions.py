@@ -38,7 +38,8 @@ MAX_LENGTH = 10_000
 """Maximum length of an expression, in characters."""
 
 MAX_DEPTH = 100
-"""Maximum nesting depth of the syntax tree. A sum of k terms nests k deep."""
+"""Maximum nesting depth of the syntax tree. The left operands of a chain of binary operators,
+such as a sum of many terms, share one level."""
 
 MAX_EXPONENT = 100
 """Largest constant exponent magnitude allowed on a non-constant base."""
@@ -268,7 +269,9 @@ def _check_syntax(tree: ast.Expression, locate: Locate) -> None:
                 "pass arguments by position"
             )
         for child in ast.iter_child_nodes(node):
-            stack.append((child, node, depth + 1))
+            # The left operand of a binary operator continues a chain, evaluated in a loop.
+            chained = isinstance(node, ast.BinOp) and child is node.left
+            stack.append((child, node, depth if chained else depth + 1))
 
 
 def _where(node: ast.AST, locate: Locate) -> str:
@@ -294,7 +297,15 @@ class _Evaluator:
             operand = self.value(node.operand)
             return -operand if isinstance(node.op, ast.USub) else operand
         if isinstance(node, ast.BinOp):
-            return self.checked(node, self.binary(node))
+            # A left-nested chain such as a + b + c + ... is walked in a loop, so a long sum
+            # costs no recursion depth.
+            spine = [node]
+            while isinstance(spine[-1].left, ast.BinOp):
+                spine.append(spine[-1].left)
+            result = self.value(spine[-1].left)
+            for link in reversed(spine):
+                result = self.checked(link, self.binary(link, result))
+            return result
         if isinstance(node, ast.Call):
             return self.checked(node, self.call(node))
         if isinstance(node, ast.Subscript):
@@ -321,8 +332,9 @@ class _Evaluator:
         declared = ", ".join(sorted(self.namespace)) or "none"
         raise self.fail(node, f"undeclared name {node.id!r}; declared names: {declared}")
 
-    def binary(self, node: ast.BinOp) -> Value:
-        left, right = self.value(node.left), self.value(node.right)
+    def binary(self, node: ast.BinOp, left: Value) -> Value:
+        """Apply `node`'s operator to the value of its left operand and its right operand."""
+        right = self.value(node.right)
         left_matrix = isinstance(left, sp.MatrixBase)
         right_matrix = isinstance(right, sp.MatrixBase)
         symbol = _BINARY_OPERATORS[type(node.op)]

@@ -311,8 +311,10 @@ def run_training(
 def report_error(program: str, error: DgcodegenError) -> int:
     """Print an error for the command line and return its exit code."""
     print(f"{program}: error: {error}", file=sys.stderr)
-    if isinstance(error, SolverError):
+    if isinstance(error, SolverError) and "implicit step failed" in str(error):
         print(
-            f"{program}: a smaller --step usually lets the implicit solve succeed", file=sys.stderr
+            f"{program}: a smaller --step usually lets the implicit solve succeed; if it does "
+            "not, check that the loss is finite and bounded below near the last point",
+            file=sys.stderr,
         )
     return EXIT_INVALID_INPUT

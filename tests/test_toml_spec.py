@@ -123,7 +123,7 @@ HOSTILE_EXPRESSIONS = [
     ("exp(" * 150 + "b" + ")" * 150, 0, "nested more than 100 levels"),
     ("-" * 150 + "b", 0, "nested more than 100 levels"),
     ("-" * 5000 + "b", 0, "nested"),
-    (" + ".join(["b"] * 120), 0, "nested more than 100 levels"),
+    ("b * (" * 120 + "b" + ")" * 120, 0, "nested more than 100 levels"),
     ("b" * 10_001, 0, "the maximum is 10000"),
 ]
 
@@ -432,3 +432,15 @@ def test_large_matrix_product_rejected() -> None:
         parse_expression(
             "sum(L @ R)", {"L": left, "R": right}, lambda line, column: f"{line}:{column}"
         )
+
+
+def test_long_flat_sum_accepted(tmp_path: Path) -> None:
+    # A chain of binary operators shares one nesting level, so a long sum is no deep tree.
+    expression = " + ".join(["b**2"] * 1000)
+    spec = tmp_path / "long_sum.toml"
+    spec.write_text(
+        f'[problem]\nname = "long_sum"\nobjective = "{expression}"\n\n[parameters]\nb = []\n',
+        encoding="utf-8",
+    )
+    problem = load_spec(spec)
+    assert problem.free_term == 1000 * problem.parameter_symbols[0] ** 2
