@@ -145,7 +145,8 @@ def _generate(args: argparse.Namespace) -> int:
     out = args.out or Path("generated") / problem.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out} is a file; give a folder for the generated package")
-    _check_package_folder(out)
+    if not args.check:
+        _check_package_folder(out)
     if isinstance(problem, System):
         return generate_system_package(problem, out, args.check)
     if args.check:
@@ -168,22 +169,26 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _check_package_folder(out: Path) -> None:
-    """Reject a package folder whose name `python -m` would resolve to another module."""
-    import importlib.util
+    """Reject a package folder whose name `python -m` would resolve to an installed module."""
+    import importlib.machinery
 
     name = out.resolve().name
     if not name.isidentifier():
         return
-    try:
-        found = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return
-    location = found.submodule_search_locations if found is not None else None
-    if found is None or (location and Path(next(iter(location))).resolve() == out.resolve()):
-        return
+    # Installed modules only: the search skips the current folder and sys.modules, because
+    # `python -m` run next to the package finds the package first.
+    here = {str(Path.cwd().resolve()), str(out.resolve().parent)}
+    search = [p for p in sys.path if p and str(Path(p).resolve()) not in here]
+    if name in sys.builtin_module_names:
+        origin = "a built-in module"
+    else:
+        found = importlib.machinery.PathFinder.find_spec(name, search)
+        if found is None:
+            return
+        origin = found.origin or name
     raise SpecError(
-        f"the folder name {name!r} is also the name of the module {found.origin or name}, "
-        f"which `python -m {name}` would run instead of the package; choose another --out"
+        f"the folder name {name!r} is also the name of the module {origin}, which "
+        f"`python -m {name}` would run instead of the package; choose another --out"
     )
 
 
