@@ -220,6 +220,30 @@ def _check_generated(problem, out: Path) -> int:  # noqa: ANN001 - a Loss or a N
     return 0
 
 
+LOSS_ONLY_OPTIONS = (
+    ("--data", "data", None),
+    ("--schedule", "schedule", "fixed"),
+    ("--growth", "growth", 2.0),
+    ("--max-step", "max_step", 1e8),
+    ("--tol", "tol", 1e-8),
+    ("--max-steps", "max_steps", 1000),
+)
+"""`(flag, attribute, default)` of `solve` options that a system does not use."""
+
+NETWORK_ONLY_OPTIONS = (
+    ("--linear-solver", "linear_solver", "auto"),
+    ("--preconditioner", "preconditioner", "none"),
+)
+"""`(flag, attribute, default)` of `solve` options that only a network uses."""
+
+
+def _reject_options(args: argparse.Namespace, options: tuple, kind: str) -> None:
+    """Raise SpecError for an option set away from its default that `kind` would ignore."""
+    for flag, attribute, default in options:
+        if getattr(args, attribute) != default:
+            raise SpecError(f"{flag} does not apply to {kind}; remove it")
+
+
 def _solve(args: argparse.Namespace, show_progress: bool) -> int:
     from .dsl import load_spec
     from .runtime import compile_problem
@@ -233,11 +257,13 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
         raise SpecError(f"--out {args.out} is a file; give a folder for the generated package")
     problem = load_spec(args.spec)
     if isinstance(problem, System):
+        _reject_options(args, LOSS_ONLY_OPTIONS + NETWORK_ONLY_OPTIONS, "a dg.System")
         return solve_system(problem, args, show_progress)
     check_loss_arguments(args)
     options = check_training_arguments(args)
     if isinstance(problem, Network):
         return solve_network(problem, args, options, show_progress)
+    _reject_options(args, NETWORK_ONLY_OPTIONS, "a dg.Loss")
     data = problem.layout.read_data(args.data) if args.data else None
     compiled = compile_problem(problem, data, args.out, show_progress, methods=(args.method,))
     return run_training(compiled, args, options, show_progress)

@@ -551,3 +551,26 @@ def test_verify_rejects_negative_seed(capsys: pytest.CaptureFixture[str]) -> Non
         main(["verify", str(spec), "--seed", "-1"])
     assert exit_info.value.code == 2
     assert "expected an integer >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec_name", "arguments", "message"),
+    [
+        ("pendulum", ["--steps", "10", "--tol", "1e-6"], "--tol does not apply to a dg.System"),
+        ("pendulum", ["--steps", "10", "--max-steps", "5"], "--max-steps does not apply"),
+        (
+            "rosenbrock",
+            ["--linear-solver", "krylov"],
+            "--linear-solver does not apply to a dg.Loss",
+        ),
+        ("rosenbrock", ["--preconditioner", "jacobi"], "--preconditioner does not apply"),
+    ],
+)
+def test_solve_rejects_inapplicable_option(
+    capsys: pytest.CaptureFixture[str], spec_name: str, arguments: list[str], message: str
+) -> None:
+    spec = Path(__file__).resolve().parent.parent / "examples" / f"{spec_name}.py"
+    code, stdout, stderr = _run(capsys, "solve", spec, *arguments)
+    assert code == 1
+    assert message in stderr
+    assert stdout == ""
