@@ -177,8 +177,8 @@ def _check_package_folder(out: Path) -> None:
         return
     # Installed modules only: the search skips the current folder and sys.modules, because
     # `python -m` run next to the package finds the package first.
-    here = {str(Path.cwd().resolve()), str(out.resolve().parent)}
-    search = [p for p in sys.path if p and str(Path(p).resolve()) not in here]
+    local = {str(Path.cwd().resolve()), str(out.resolve().parent)}
+    search = [p for p in sys.path if p and str(Path(p).resolve()) not in local]
     if name in sys.builtin_module_names:
         origin = "a built-in module"
     else:

@@ -62,7 +62,7 @@ package runs where neither SymPy nor dgcodegen is installed.
 def render(module: LoweredModule, spec_hash: str, layout: Layout) -> dict[str, str]:
     """Render the files of a standalone solver package and return them by file name.
 
-    The package holds the kernels, the problem's layout, copies of the runtime modules and
+    The package contains the kernels, the problem's layout, copies of the runtime modules and
     a `__main__` that trains from the command line.
 
     Raises:

@@ -1,6 +1,6 @@
 """Standalone packages from `dgcodegen generate`: they run with only NumPy and Numba.
 
-The solver runs in a virtual environment whose site-packages holds links to NumPy, Numba
+The solver runs in a virtual environment whose site-packages contains links to NumPy, Numba
 and llvmlite (Numba's own dependency) and nothing else, so an import of SymPy or dgcodegen
 inside the package would fail the test.
 """
