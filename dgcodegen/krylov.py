@@ -26,9 +26,10 @@ from .stepper import (
     SolveResult,
     StepperOptions,
     _check_accepted,
+    _end_message,
     _is_converged,
     _is_stationary,
-    _stationary_message,
+    _next_step,
 )
 
 logger = logging.getLogger("dgcodegen")
@@ -303,23 +304,13 @@ def newton_krylov_descent(
         x, value, gradient_norm = attempt.y, new_value, new_gradient_norm
         if progress is not None:
             progress(len(history.loss), value, tau)
-        if options.schedule == "grow":
-            tau = min(tau * options.growth, options.max_step)
-        elif options.schedule == "cycle":
-            tau = tau * options.growth if tau * options.growth <= options.max_step else options.step
+        tau = _next_step(tau, options)
         converged = _is_converged(gradient_norm, initial_gradient_norm, options.tol)
 
     steps = len(history.loss)
-    threshold = options.tol * max(1.0, initial_gradient_norm)
-    if converged:
-        message = f"converged: gradient norm {gradient_norm:.3e} <= {threshold:.3e}"
-    elif stationary:
-        message = _stationary_message(gradient_norm, threshold, history.step[-1])
-    else:
-        message = (
-            f"max_steps = {options.max_steps} reached before convergence: gradient norm "
-            f"{gradient_norm:.3e} > {threshold:.3e}"
-        )
+    message = _end_message(
+        converged, stationary, gradient_norm, initial_gradient_norm, history, options
+    )
     logger.info(
         "Newton-Krylov discrete gradient descent finished in %.3f s after %d steps, %d Krylov "
         "iterations and %d rejected tries (%s)",

@@ -467,21 +467,34 @@ def discrete_gradient_descent(
         converged = _is_converged(gradient_norm, initial_gradient_norm, options.tol)
 
     steps = len(history.loss)
-    threshold = options.tol * max(1.0, initial_gradient_norm)
-    if converged:
-        message = f"converged: gradient norm {gradient_norm:.3e} <= {threshold:.3e}"
-    elif stationary:
-        message = _stationary_message(gradient_norm, threshold, history.step[-1])
-    else:
-        message = (
-            f"max_steps = {options.max_steps} reached before convergence: gradient norm "
-            f"{gradient_norm:.3e} > {threshold:.3e}"
-        )
+    message = _end_message(
+        converged, stationary, gradient_norm, initial_gradient_norm, history, options
+    )
     logger.info(
         "discrete gradient descent finished in %.3f s after %d steps and %d rejected tries (%s)",
         time.perf_counter() - start, steps, sum(history.rejected), message,
     )  # fmt: skip
     return SolveResult(x, value, gradient_norm, converged, steps, message, history)
+
+
+def _end_message(
+    converged: bool,
+    stationary: bool,
+    gradient_norm: float,
+    initial_gradient_norm: float,
+    history: History,
+    options: StepperOptions,
+) -> str:
+    """Return how a run ended: converged, stalled, or out of steps."""
+    threshold = options.tol * max(1.0, initial_gradient_norm)
+    if converged:
+        return f"converged: gradient norm {gradient_norm:.3e} <= {threshold:.3e}"
+    if stationary:
+        return _stationary_message(gradient_norm, threshold, history.step[-1])
+    return (
+        f"max_steps = {options.max_steps} reached before convergence: gradient norm "
+        f"{gradient_norm:.3e} > {threshold:.3e}"
+    )
 
 
 def _next_step(tau: float, options: StepperOptions) -> float:
