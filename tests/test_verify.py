@@ -100,7 +100,7 @@ def test_example_passes(spec: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_kepler_mean_value_is_not_exact(tmp_path: Path, capsys) -> None:
-    # NOTE: grad(1/|q|) has no exact mean value in dgcodegen, so Gauss-Legendre stands in and
+    # NOTE: grad(1/|q|) has no exact mean value in dgcodegen, so Gauss-Legendre is used and
     # its identities fail at 50 digits; the other discrete gradients are proven.
     spec = Path(__file__).resolve().parent.parent / "examples" / "kepler.py"
     out = tmp_path / "certificate.json"
