@@ -165,22 +165,22 @@ def _discrete_gradient_row(kernels, network, test, method, target, budget) -> Tr
     seconds = [0.0]
     started = time.perf_counter()
     reached = None
+    reached_step = None
 
     def progress(steps: int, loss: float, tau: float) -> None:
-        nonlocal reached
+        nonlocal reached, reached_step
         losses.append(loss)
         seconds.append(time.perf_counter() - started)
         if loss <= target and reached is None:
-            reached = seconds[-1]
+            reached, reached_step = seconds[-1], steps
 
     options = StepperOptions(max_steps=budget, tol=1e-12, **DG_SCHEDULE)
     result = newton_krylov_descent(kernels, method, network.initial_point, options, None, progress)
     steps = len(losses) - 1
-    note = (
-        f"reached Adam's loss after {losses.index(next(l for l in losses if l <= target))} steps"
-        if reached is not None
-        else f"not reached in {steps} steps"
-    )
+    if reached is not None:
+        note = f"reached Adam's loss after {reached_step} steps"
+    else:
+        note = f"not reached in {steps} steps"
     note += f"; {sum(result.krylov_iterations)} Krylov iterations"
     return TrainingRow(
         f"{method}, Newton-Krylov",

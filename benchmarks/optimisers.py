@@ -184,7 +184,12 @@ def _candidates(problem: Problem, dg_methods: tuple[str, ...], quick: bool) -> d
         # methods get the settings that were fastest for the others only.
         slow = method.startswith("itoh-abe")
         step_factors = (100.0,) if slow else factors
-        cycles = DG_CYCLES[:2] if slow else DG_CYCLES[1:3] if quick else DG_CYCLES
+        if slow:
+            cycles = DG_CYCLES[:2]
+        elif quick:
+            cycles = DG_CYCLES[1:3]
+        else:
+            cycles = DG_CYCLES
         settings = {
             f"tau = {f:g} x 2/L": StepperOptions(step=f * bound, tol=0.0, max_steps=10**9)
             for f in step_factors

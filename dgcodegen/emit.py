@@ -88,7 +88,7 @@ def render(module: LoweredModule, spec_hash: str, layout: Layout) -> dict[str, s
         "__init__.py": (
             f"# {GENERATED_LINE}\n"
             f"# dgcodegen {__version__}, written by dgcodegen/emit.py, spec sha256 {spec_hash}\n"
-            f'"""Standalone solver of the problem {layout.name!r}: kernels, layout and stepper."""\n\n'
+            f'"""Standalone solver of the problem {layout.name!r}."""\n\n'
             "from .kernels import *  # noqa: F401,F403\n"
             "from .problem import LAYOUT  # noqa: F401\n"
         ),

@@ -21,6 +21,7 @@ from scipy.sparse.linalg import LinearOperator, cg, gmres
 from .errors import SolverError, SpecError
 from .matrix_free import Linearization, MatrixFreeKernels
 from .stepper import (
+    MAX_HALVINGS,
     History,
     ProgressCallback,
     SolveResult,
@@ -105,9 +106,7 @@ def _operator(n: int, tau: float, linearization: Linearization) -> LinearOperato
     return LinearOperator((n, n), matvec=apply, dtype=np.float64)
 
 
-def _jacobi(
-    n: int, operator: LinearOperator, generator: np.random.Generator
-) -> LinearOperator | None:
+def _jacobi(n: int, operator: LinearOperator, generator: np.random.Generator) -> LinearOperator:
     estimate = np.zeros(n)
     for _ in range(JACOBI_PROBES):
         probe = generator.choice((-1.0, 1.0), size=n)
@@ -162,6 +161,16 @@ def _linear_solve(
     return solution, count[0], info == 0 and bool(np.all(np.isfinite(solution)))
 
 
+def _forcing_term(residual: float, previous_residual: float, eta: float) -> float:
+    """Return the next Eisenstat-Walker relative tolerance after the previous one, `eta`."""
+    candidate = FORCING_GAMMA * (residual / previous_residual) ** FORCING_ALPHA
+    safeguard = FORCING_GAMMA * eta**FORCING_ALPHA
+    if safeguard > 0.1:
+        # The safeguard keeps eta from falling abruptly while the residual still decreases slowly.
+        candidate = max(candidate, safeguard)
+    return min(candidate, FORCING_MAX)
+
+
 def _newton_krylov(
     problem: MatrixFreeKernels,
     method: str,
@@ -180,6 +189,7 @@ def _newton_krylov(
     previous_residual = None
     eta = FORCING_MAX
     krylov_total = 0
+
     for iteration in range(options.newton_max_iter + 1):
         if not math.isfinite(residual):
             return _Try(y, residual, iteration, krylov_total, "non-finite Newton residual")
@@ -188,11 +198,9 @@ def _newton_krylov(
             return _Try(y, residual, iteration, krylov_total, None)
         if iteration == options.newton_max_iter:
             break
+
         if previous_residual is not None:
-            candidate = FORCING_GAMMA * (residual / previous_residual) ** FORCING_ALPHA
-            safeguard = FORCING_GAMMA * eta**FORCING_ALPHA
-            eta = max(candidate, safeguard) if safeguard > 0.1 else candidate
-            eta = min(eta, FORCING_MAX)
+            eta = _forcing_term(residual, previous_residual, eta)
         # Solving past the Newton tolerance is wasted work.
         eta = max(eta, 0.5 * tolerance / residual)
         operator = _operator(x.size, tau, linearization)
@@ -203,6 +211,7 @@ def _newton_krylov(
             operator, -residual_vector, linearization.symmetric, eta, krylov, preconditioner
         )
         krylov_total += count
+
         if not solved:
             failure = f"Krylov solve missed relative tolerance {eta:.2e} in {count} iterations"
             return _Try(y, residual, iteration, krylov_total, failure)
@@ -212,6 +221,7 @@ def _newton_krylov(
             return _Try(y, residual, iteration, krylov_total, failure)
         previous_residual = residual
         y, linearization, residual_vector, residual = searched
+
     failure = f"Newton not converged in {options.newton_max_iter} iterations"
     return _Try(y, residual, options.newton_max_iter, krylov_total, failure)
 
@@ -226,7 +236,7 @@ def _line_search(
     tau: float,
 ) -> tuple[np.ndarray, Linearization, np.ndarray, float] | None:
     scale = 1.0
-    for _ in range(11):
+    for _ in range(MAX_HALVINGS + 1):
         trial = y + scale * update
         linearization = problem.linearize(method, x, trial)
         vector = _residual(x, trial, tau, linearization)

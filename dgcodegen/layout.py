@@ -3,8 +3,8 @@
 A `Layout` is the part of a declared loss that a solver needs at run time. It has the
 names and shapes of the parameters, which are flattened row-major into one vector in
 declaration order, the names and shapes of the data columns, and the starting point. It
-checks data arrays and reads data files. This module imports only NumPy and the standard library, because
-`dgcodegen generate` copies it into standalone solver packages.
+checks data arrays and reads data files. This module imports only NumPy, the standard
+library and `errors`, because `dgcodegen generate` copies it into standalone packages.
 """
 
 from __future__ import annotations

@@ -202,13 +202,6 @@ class MatrixFreeKernels:
         return Linearization(value, jvp, True)
 
 
-def check_quadrature_nodes(nodes: int) -> int:
-    """Return `nodes` if it is a usable number of Gauss-Legendre nodes."""
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= 64:
-        raise SpecError(f"invalid number of quadrature nodes {nodes!r}: expected 1 to 64")
-    return nodes
-
-
 def relative_identity_error(kernels: MatrixFreeKernels, method: str, x: Vector, y: Vector) -> float:
     """Return `|DG . (y - x) - (V(y) - V(x))|` relative to `max(1, |V(x)|, |V(y)|)`."""
     value = kernels.linearize(method, x, y).value

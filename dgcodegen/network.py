@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SpecError
-from .layout import Layout, column_array
+from .layout import Layout
 from .names import check_problem_name
 
 ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "softplus")
@@ -212,8 +212,3 @@ def layer_plans(network: Network) -> list[dict[str, Any]]:
             }
         )
     return plans
-
-
-def check_column(name: str, shape: tuple[int, ...], values: Any) -> np.ndarray:
-    """Check one data column; used by callers that bind test data to a trained network."""
-    return column_array(name, shape, values)
