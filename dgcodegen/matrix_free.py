@@ -41,6 +41,10 @@ ROUNDING_FACTOR = 64.0
 """The Gonzalez correction is dropped when `|V(y) - V(x) - g(m) . d|` is below this many
 units of rounding of its terms, because it is then rounding noise divided by `|d|^2`."""
 
+MEMO_SIZE = 4
+"""Points whose loss and gradient are kept. A Newton-Krylov step evaluates both at `x`, at
+each Newton iterate and at the accepted point, and several of these coincide."""
+
 Vector = np.ndarray
 
 
@@ -85,6 +89,8 @@ class MatrixFreeKernels:
         points, weights = np.polynomial.legendre.leggauss(nodes)
         self.nodes = (points + 1.0) / 2.0
         self.weights = weights / 2.0
+        self._memo: dict[bytes, tuple[float, Vector]] = {}
+        self._loss_memo: dict[bytes, float] = {}
 
     def _vector(self, value: Vector, label: str) -> Vector:
         array = np.ascontiguousarray(value, dtype=np.float64)
@@ -93,11 +99,23 @@ class MatrixFreeKernels:
         return array
 
     def loss(self, theta: Vector) -> float:
-        return float(self.kernels.loss(self._vector(theta, "theta"), *self.data))
+        theta = self._vector(theta, "theta")
+        key = theta.tobytes()
+        if key in self._memo:
+            return self._memo[key][0]
+        if key not in self._loss_memo:
+            _remember(self._loss_memo, key, float(self.kernels.loss(theta, *self.data)))
+        return self._loss_memo[key]
 
     def loss_gradient(self, theta: Vector) -> tuple[float, Vector]:
-        value, gradient = self.kernels.loss_gradient(self._vector(theta, "theta"), *self.data)
-        return float(value), gradient
+        """Return the loss and its gradient; the gradient is read-only, as it may be shared."""
+        theta = self._vector(theta, "theta")
+        key = theta.tobytes()
+        if key not in self._memo:
+            value, gradient = self.kernels.loss_gradient(theta, *self.data)
+            gradient.setflags(write=False)
+            _remember(self._memo, key, (float(value), gradient))
+        return self._memo[key]
 
     def gradient(self, theta: Vector) -> Vector:
         return self.loss_gradient(theta)[1]
@@ -200,6 +218,12 @@ class MatrixFreeKernels:
             return product
 
         return Linearization(value, jvp, True)
+
+
+def _remember(memo: dict, key: bytes, value: Any) -> None:
+    if len(memo) >= MEMO_SIZE:
+        del memo[next(iter(memo))]
+    memo[key] = value
 
 
 def relative_identity_error(kernels: MatrixFreeKernels, method: str, x: Vector, y: Vector) -> float:
