@@ -10,6 +10,11 @@ Stages, each owned by one module, with data flowing one way:
 """
 
 import logging
+import os
+
+# Numba's OpenMP threads spinning while they wait slowed the kernels 20 to 30 times when
+# another process kept a core busy; see templates/numba_cache.py.jinja.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .dsl import DiscreteGradient, Loss, data, parameter
 from .errors import DgcodegenError, SpecError

@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import DgcodegenError, SpecError
 from .network import Network
 from .network_cli import add_network_arguments, solve_network
+from .reverse_cli import add_kernel_arguments, pick_kernels, solve_reverse
 from .system import System
 from .system_cli import (
     add_system_arguments,
@@ -95,12 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument(
         "--data",
         type=Path,
-        help="data file (.csv, .npy or .npz, as described in the README); "
-        "default: the spec's data",
+        help="data file (.csv, .npy or .npz, as described in the README); default: the spec's data",
     )
     add_training_arguments(solve)
     add_system_arguments(solve)
     add_network_arguments(solve)
+    add_kernel_arguments(solve)
     solve.add_argument("--out", type=Path, help="folder for the generated kernels")
 
     verify = add_command("verify", "prove or check the discrete gradient identities of a spec")
@@ -149,11 +150,16 @@ def _generate(args: argparse.Namespace) -> int:
         _check_package_folder(out)
     if isinstance(problem, System):
         return generate_system_package(problem, out, args.check)
+    # A loss above the dense limit gets the reverse-mode kernels, as `solve` picks them.
+    reverse = not isinstance(problem, Network) and pick_kernels(problem, "auto") == "reverse"
     if args.check:
-        return _check_generated(problem, out)
-    directory = generate(problem, out)
+        return _check_generated(problem, out, reverse)
+    directory = generate(problem, out, reverse=reverse)
     if isinstance(problem, Network):
         print(f"wrote the kernels of the network {problem.name!r} to {directory}")
+        return 0
+    if reverse:
+        print(f"wrote the reverse-mode kernels of the loss {problem.name!r} to {directory}")
         return 0
     print(f"wrote the standalone solver package of {problem.name!r} to {directory}")
     if directory.name.isidentifier():
@@ -192,14 +198,17 @@ def _check_package_folder(out: Path) -> None:
     )
 
 
-def _check_generated(problem, out: Path) -> int:  # noqa: ANN001 - a Loss or a Network
-    """Compare a fresh generation with the files in `out`; print a diff of any difference."""
+def _check_generated(problem, out: Path, reverse: bool = False) -> int:  # noqa: ANN001
+    """Compare a fresh generation with the files in `out`; print a diff of any difference.
+
+    `problem` is a Loss or a Network; `reverse` selects the reverse-mode kernels of a Loss.
+    """
     import difflib
 
     from .runtime import render_files
 
     stale = 0
-    files = render_files(problem)
+    files = render_files(problem, reverse=reverse)
     for name, text in sorted(files.items()):
         path = out / name
         current = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -227,6 +236,7 @@ LOSS_ONLY_OPTIONS = (
     ("--max-step", "max_step", 1e8),
     ("--tol", "tol", 1e-8),
     ("--max-steps", "max_steps", 1000),
+    ("--newton-rtol", "newton_rtol", None),
 )
 """`(flag, attribute, default)` of `solve` options that a system does not use."""
 
@@ -234,7 +244,11 @@ NETWORK_ONLY_OPTIONS = (
     ("--linear-solver", "linear_solver", "auto"),
     ("--preconditioner", "preconditioner", "none"),
 )
-"""`(flag, attribute, default)` of `solve` options that only a network uses."""
+"""`(flag, attribute, default)` of `solve` options that only a network or a loss with
+reverse-mode kernels uses."""
+
+LOSS_KERNEL_OPTIONS = (("--kernels", "kernels", "auto"),)
+"""`(flag, attribute, default)` of `solve` options that only a loss uses."""
 
 
 def _reject_options(args: argparse.Namespace, options: tuple, kind: str) -> None:
@@ -257,13 +271,18 @@ def _solve(args: argparse.Namespace, show_progress: bool) -> int:
         raise SpecError(f"--out {args.out} is a file; give a folder for the generated package")
     problem = load_spec(args.spec)
     if isinstance(problem, System):
-        _reject_options(args, LOSS_ONLY_OPTIONS + NETWORK_ONLY_OPTIONS, "a dg.System")
+        _reject_options(
+            args, LOSS_ONLY_OPTIONS + NETWORK_ONLY_OPTIONS + LOSS_KERNEL_OPTIONS, "a dg.System"
+        )
         return solve_system(problem, args, show_progress)
     check_loss_arguments(args)
     options = check_training_arguments(args)
     if isinstance(problem, Network):
+        _reject_options(args, LOSS_KERNEL_OPTIONS, "a dg.Network")
         return solve_network(problem, args, options, show_progress)
-    _reject_options(args, NETWORK_ONLY_OPTIONS, "a dg.Loss")
+    if pick_kernels(problem, args.kernels) == "reverse":
+        return solve_reverse(problem, args, options, show_progress)
+    _reject_options(args, NETWORK_ONLY_OPTIONS, "a dg.Loss with dense kernels")
     data = problem.layout.read_data(args.data) if args.data else None
     compiled = compile_problem(problem, data, args.out, show_progress, methods=(args.method,))
     return run_training(compiled, args, options, show_progress)

@@ -21,7 +21,7 @@ import importlib.util
 import itertools
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,25 @@ def _as_scalar(expr: Any, label: str) -> sp.Expr:
     return expr
 
 
+def _distinct_nodes(expr: sp.Basic) -> Iterator[sp.Basic]:
+    """Yield each distinct subexpression of `expr` once, in preorder.
+
+    `sympy.preorder_traversal` visits a shared subexpression once per use, which for a
+    network written in SymPy repeats each hidden unit for every output that uses it.
+    """
+    seen: set[sp.Basic] = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(reversed(node.args))
+
+
 def _check_functions(expr: sp.Expr, label: str) -> None:
-    for node in sp.preorder_traversal(expr):
+    for node in _distinct_nodes(expr):
         if isinstance(node, (sp.Derivative, sp.Integral, sp.Subs, sp.Sum, sp.Product, sp.Limit)):
             raise SpecError(
                 f"{label} contains the unevaluated {type(node).__name__} {node}; "

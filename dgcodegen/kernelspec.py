@@ -134,9 +134,7 @@ class KernelBuilder:
 
         shape = (self.n + 1,)
         doc = "Loss V(theta) and its gradient, as a tuple."
-        return self._spec(
-            "loss_gradient", self.theta_argument, shape, blocks, "loss_gradient", doc
-        )
+        return self._spec("loss_gradient", self.theta_argument, shape, blocks, "loss_gradient", doc)
 
     def hessian(self) -> KernelSpec:
         dv = self.dv

@@ -45,6 +45,18 @@ MEMO_SIZE = 4
 """Points whose loss and gradient are kept. A Newton-Krylov step evaluates both at `x`, at
 each Newton iterate and at the accepted point, and several of these coincide."""
 
+STATE_LIMIT_BYTES = 256 * 2**20
+"""Largest forward-pass state kept for Hessian-vector products; above it, each product
+repeats the forward pass rather than hold the memory."""
+
+INCREMENTAL_KERNELS = (
+    "coordinate_state",
+    "coordinate_change",
+    "coordinate_commit",
+    "coordinate_derivative",
+)
+"""Kernels of network modules that `CoordinateState` uses for the Itoh-Abe step."""
+
 Vector = np.ndarray
 
 
@@ -91,6 +103,10 @@ class MatrixFreeKernels:
         self.weights = weights / 2.0
         self._memo: dict[bytes, tuple[float, Vector]] = {}
         self._loss_memo: dict[bytes, float] = {}
+        self._state: tuple[bytes, np.ndarray] | None = None
+        width = getattr(kernels, "STATE_WIDTH", None)
+        rows = len(self.data[0]) if self.data else 0
+        self._keeps_state = width is not None and rows * width * 8 <= STATE_LIMIT_BYTES
 
     def _vector(self, value: Vector, label: str) -> Vector:
         array = np.ascontiguousarray(value, dtype=np.float64)
@@ -121,8 +137,18 @@ class MatrixFreeKernels:
         return self.loss_gradient(theta)[1]
 
     def hvp(self, theta: Vector, v: Vector) -> Vector:
-        """Return the Hessian of the loss at theta times v."""
-        return self.kernels.hvp(self._vector(theta, "theta"), self._vector(v, "v"), *self.data)
+        """Return the Hessian of the loss at theta times v.
+
+        Network kernels keep the forward pass at the last theta, so a Krylov solve, which
+        multiplies many vectors at one point, runs it once.
+        """
+        theta, v = self._vector(theta, "theta"), self._vector(v, "v")
+        if not self._keeps_state:
+            return self.kernels.hvp(theta, v, *self.data)
+        key = theta.tobytes()
+        if self._state is None or self._state[0] != key:
+            self._state = (key, self.kernels.hvp_state(theta, *self.data))
+        return self.kernels.hvp_from_state(theta, v, self._state[1], self.data[0])
 
     def hessian(self, theta: Vector) -> Vector:
         """Return the dense Hessian, one HVP per column; for small problems only."""
@@ -156,12 +182,19 @@ class MatrixFreeKernels:
 
         return dense
 
-    def coordinate_quotient(self) -> Callable[[Vector, int, float], float]:
+    def coordinate_quotient(
+        self, incremental: bool = True
+    ) -> Callable[[Vector, int, float], float]:
         """Return the forward Itoh-Abe entry `quotient(point, k, t)` from loss values.
 
-        Each call costs one loss evaluation; `V(point)` is kept while the same point object
-        is passed, and `t == point[k]` costs one gradient evaluation.
+        When the kernels have the incremental kernels of a network (`INCREMENTAL_KERNELS`)
+        and `incremental` is True, a call costs a pass over the layers from coordinate k's
+        layer on (see `CoordinateState`). Otherwise each call costs one loss evaluation;
+        `V(point)` is kept while the same point object is passed, and `t == point[k]` costs
+        one gradient evaluation.
         """
+        if incremental and all(hasattr(self.kernels, name) for name in INCREMENTAL_KERNELS):
+            return self._incremental_quotient()
         cached: dict[str, Any] = {"point": None, "value": 0.0, "gradient": None}
 
         def quotient(point: Vector, k: int, t: float) -> float:
@@ -175,6 +208,31 @@ class MatrixFreeKernels:
             trial = point.copy()
             trial[k] = t
             return (self.loss(trial) - cached["value"]) / h
+
+        return quotient
+
+    def _incremental_quotient(self) -> Callable[[Vector, int, float], float]:
+        """Return `quotient(point, k, t)` computed from a `CoordinateState` that follows point.
+
+        `coordinate_step` passes points that differ from the previous one in the coordinate
+        it has just solved, which costs one commit. Every call compares the whole point with
+        the state's, so a point changed in place or out of order only costs a rebuild.
+        """
+        state: CoordinateState | None = None
+
+        def quotient(point: Vector, k: int, t: float) -> float:
+            nonlocal state
+            point = self._vector(point, "point")
+            if state is None:
+                state = CoordinateState(self, point)
+            else:
+                # A step starts at coordinate 0, so a move there rebuilds the state, and the
+                # rounding of commits never builds up over more than one step.
+                state.follow(point, allow_commit=k > 0)
+            h = t - point[k]
+            if h == 0.0:
+                return state.derivative(k)
+            return state.change(k, t) / h
 
         return quotient
 
@@ -218,6 +276,84 @@ class MatrixFreeKernels:
             return product
 
         return Linearization(value, jvp, True)
+
+
+class CoordinateState:
+    """Per-sample activations of a network at one point, moved one coordinate at a time.
+
+    Wraps the kernels of `templates/network_coordinate.py.jinja`. The loss change or the
+    partial derivative for coordinate k costs a pass over the samples and the layers from
+    k's layer on, instead of a full loss evaluation. Changes are computed in forms free of
+    cancellation, so a small `change(k, t)` does not carry the rounding error of the loss.
+
+    Args:
+        bound: network kernels with `INCREMENTAL_KERNELS` and the data bound.
+        theta: the starting point; the state keeps a copy.
+    """
+
+    def __init__(self, bound: MatrixFreeKernels, theta: Vector) -> None:
+        self._bound = bound
+        self._kernels = bound.kernels
+        self.rebuild(theta)
+
+    def rebuild(self, theta: Vector) -> None:
+        """Move the state to theta with a full forward pass."""
+        self.theta = np.array(self._bound._vector(theta, "theta"))
+        self.value = self._bound.loss(self.theta)
+        self.activations = self._kernels.coordinate_state(self.theta, self._bound.data[0])
+        self.commits = 0
+
+    def change(self, k: int, t: float) -> float:
+        """Return `V(theta with theta[k] = t) - V(theta)` without moving the state."""
+        index = self._index(k)
+        return float(
+            self._kernels.coordinate_change(
+                self.theta, self.activations, index, float(t), *self._bound.data
+            )
+        )
+
+    def loss(self, k: int, t: float) -> float:
+        """Return the loss at theta with theta[k] = t without moving the state."""
+        return self.value + self.change(k, t)
+
+    def derivative(self, k: int) -> float:
+        """Return the partial derivative of the loss by theta[k] at theta."""
+        index = self._index(k)
+        return float(
+            self._kernels.coordinate_derivative(
+                self.theta, self.activations, index, *self._bound.data
+            )
+        )
+
+    def commit(self, k: int, t: float) -> None:
+        """Set theta[k] = t and update the activations from k's layer on."""
+        index = self._index(k)
+        self.value += float(
+            self._kernels.coordinate_commit(
+                self.theta, self.activations, index, float(t), *self._bound.data
+            )
+        )
+        self.commits += 1
+
+    def follow(self, point: Vector, allow_commit: bool = True) -> None:
+        """Move the state to point: one commit when exactly one coordinate differs, else a rebuild.
+
+        Rebuilds also replace commits after `n` of them, which bounds the rounding that
+        incremental updates add to the activations.
+        """
+        moved = np.flatnonzero(point != self.theta)
+        if moved.size == 0:
+            return
+        if allow_commit and moved.size == 1 and self.commits < self._bound.n:
+            index = int(moved[0])
+            self.commit(index, float(point[index]))
+        else:
+            self.rebuild(point)
+
+    def _index(self, k: int) -> int:
+        if not 0 <= k < self._bound.n:
+            raise IndexError(f"coordinate {k} is out of range for {self._bound.n} parameters")
+        return int(k)
 
 
 def _remember(memo: dict, key: bytes, value: Any) -> None:

@@ -52,6 +52,9 @@ GENERATED_GLOBALS = frozenset(
         "WEIGHT_DECAY",
         "loss_gradient",
         "hvp",
+        "hvp_state",
+        "hvp_from_state",
+        "STATE_WIDTH",
         "predict",
         # Constants and functions of the integrator module of a system.
         "CONVERGED",

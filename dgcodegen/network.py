@@ -196,11 +196,14 @@ class Network:
 
 def layer_plans(network: Network) -> list[dict[str, Any]]:
     """Sizes, parameter offsets and activation code of each layer, for the template."""
-    plans, offset = [], 0
+    plans, offset, column = [], 0, 0
     for index, layer in enumerate(network.layers, start=1):
         weights = offset
         biases = weights + layer.outputs * layer.inputs
         offset = biases + layer.outputs
+        # Columns of the layer's z and a in the forward-pass state of `hvp_state`.
+        state_z, state_a = column, column + layer.outputs
+        column += 2 * layer.outputs
         plans.append(
             {
                 "index": index,
@@ -209,6 +212,8 @@ def layer_plans(network: Network) -> list[dict[str, Any]]:
                 "weights": weights,
                 "biases": biases,
                 "activation": layer.activation,
+                "state_z": state_z,
+                "state_a": state_a,
             }
         )
     return plans

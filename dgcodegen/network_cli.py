@@ -17,7 +17,13 @@ import numpy as np
 
 from .coordinate import coordinate_descent
 from .errors import SpecError
-from .krylov import DENSE_NEWTON_LIMIT, PRECONDITIONERS, KrylovOptions, newton_krylov_descent
+from .krylov import (
+    DENSE_NEWTON_LIMIT,
+    KRYLOV_NEWTON_RTOL,
+    PRECONDITIONERS,
+    KrylovOptions,
+    newton_krylov_descent,
+)
 from .matrix_free import MATRIX_FREE_METHODS, MatrixFreeKernels
 from .network import Network
 from .stepper import ProgressCallback, SolveResult, StepperOptions, discrete_gradient_descent
@@ -29,19 +35,19 @@ LINEAR_SOLVERS = ("auto", "dense", "krylov")
 
 
 def add_network_arguments(solve: argparse.ArgumentParser) -> None:
-    """Add the options of `solve` that only a network uses."""
+    """Add the options of `solve` that only a network or a reverse-mode loss uses."""
     solve.add_argument(
         "--linear-solver",
         choices=LINEAR_SOLVERS,
         default="auto",
-        help="network only: dense Newton, Newton-Krylov, or auto (dense up to "
-        f"{DENSE_NEWTON_LIMIT} parameters)",
+        help="network or reverse-mode loss only: dense Newton, Newton-Krylov, or auto "
+        f"(dense up to {DENSE_NEWTON_LIMIT} parameters)",
     )
     solve.add_argument(
         "--preconditioner",
         choices=PRECONDITIONERS,
         default="none",
-        help="network only: preconditioner of the Krylov solves",
+        help="network or reverse-mode loss only: preconditioner of the Krylov solves",
     )
 
 
@@ -107,6 +113,8 @@ def network_report(
     """Return the JSON document of a network run: the loss report plus the solver used."""
     document = report(network.layout, method, options, result)
     document["linear_solver"] = linear_solver
+    if linear_solver == "krylov":
+        document["newton_rtol"] = options.relative_tolerance(KRYLOV_NEWTON_RTOL)
     krylov_iterations = getattr(result, "krylov_iterations", None)
     if krylov_iterations is not None:
         document["history"]["krylov_iterations"] = list(krylov_iterations)

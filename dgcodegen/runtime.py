@@ -41,27 +41,44 @@ def cache_directory() -> Path:
     return Path(base) / "dgcodegen"
 
 
-def render_files(problem: Any, show_progress: bool = False) -> dict[str, str]:
-    """Render the generated package of a `Loss`, `System` or `Network`, by file name."""
+def render_files(
+    problem: Any, show_progress: bool = False, reverse: bool | None = None
+) -> dict[str, str]:
+    """Render the generated package of a `Loss`, `System` or `Network`, by file name.
+
+    With `reverse`, a `Loss` gets the reverse-mode kernels of `reverse_emit.py` in place of
+    the dense kernels and standalone solver; None picks them above DENSE_NEWTON_LIMIT
+    parameters, as `solve` and `generate` do.
+    """
     from .integrate import render_system
+    from .reverse_cli import pick_kernels
     from .system import System
 
     if isinstance(problem, Network):
         return render_network(problem)
     if isinstance(problem, System):
         return render_system(problem)
+    if reverse is None:
+        reverse = pick_kernels(problem, "auto") == "reverse"
+    if reverse:
+        from .reverse_emit import render_matrix_free
+
+        return render_matrix_free(problem)
     module = lower(problem, show_progress=show_progress)
     return render(module, problem.fingerprint(), problem.layout)
 
 
-def generate(problem: Any, out: Path | None = None, show_progress: bool = False) -> Path:
+def generate(
+    problem: Any, out: Path | None = None, show_progress: bool = False, reverse: bool = False
+) -> Path:
     """Derive and render the kernels of `problem` into `out` and return that folder.
 
     Without `out`, the kernels go to a folder of the cache named after the problem and
-    a hash of the generated source, so a changed spec never reuses stale kernels.
+    a hash of the generated source, so a changed spec never reuses stale kernels. `reverse`
+    selects the reverse-mode kernels of a `Loss`.
     """
     started = time.perf_counter()
-    files = render_files(problem, show_progress)
+    files = render_files(problem, show_progress, reverse)
     if out is None:
         digest = hashlib.sha256(files["kernels.py"].encode()).hexdigest()[:16]
         out = cache_directory() / f"{problem.name}-{digest}"
@@ -228,4 +245,43 @@ def compile_network(
     ):
         call()
     log.info("compiled network kernels in %.2f s", time.perf_counter() - started)
+    return bound
+
+
+def compile_matrix_free(
+    problem: Loss,
+    data: dict[str, Any] | None = None,
+    out: Path | None = None,
+    show_progress: bool = False,
+) -> MatrixFreeKernels:
+    """Generate, import and compile the reverse-mode kernels of a loss, with `data` bound.
+
+    The kernels (`reverse_emit.py`) give the loss, its gradient and Hessian-vector products
+    without the dense symbolic Hessian, for losses with too many parameters for `lower`.
+    Without `out` they go to a cache folder named after the problem and a hash of the source.
+    """
+    if data is None:
+        if problem.has_data and problem.default_data is None:
+            raise SpecError(
+                f"the problem {problem.name!r} has no default data: pass --data FILE "
+                "or give data={...} in the spec"
+            )
+        data = problem.default_data or {}
+    # NOTE: the cache folder is named by a hash of the generated source, so the derivation
+    # runs again on every call. It took 4 s of a 10 s cached start of examples/mlp_sympy.py.
+    directory = generate(problem, out, show_progress, reverse=True)
+    bound = MatrixFreeKernels(load_kernels(directory), problem.layout, data)
+    started = time.perf_counter()
+    x = problem.initial_point.copy()
+    for _label, call in progress(
+        [
+            ("loss", lambda: bound.loss(x)),
+            ("gradient", lambda: bound.loss_gradient(x)),
+            ("hvp", lambda: bound.hvp(x, x)),
+        ],
+        "compiling kernels",
+        show_progress,
+    ):
+        call()
+    log.info("compiled matrix-free kernels in %.2f s", time.perf_counter() - started)
     return bound

@@ -4,7 +4,6 @@ The spec trains on 75% of the 1,797 images (pixels scaled to [0, 1]) with an L2 
 1e-3 / 2 * |theta|^2 on all parameters, and keeps the other 25% as `TEST` for accuracy.
 """
 
-import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import Reference, relative_error
 
 from dgcodegen.runtime import CompiledProblem
-from reference import Reference, relative_error
 
 DISTANCES = (0.0, 1e-14, 1e-10, 1e-6, 1e-3, 9.9e-3, 1.01e-2, 0.1, 0.5, 1.0)
 """Step lengths, including both sides of the Gonzalez and divided-difference switches."""
@@ -82,9 +82,12 @@ def test_gonzalez_correction_near_coincidence(rosenbrock, rosenbrock_reference) 
         x, y = pair_at(rosenbrock.n, distance, seed=2)
         midpoint = (x + y) / 2
         exact = np.array(
-            [float(a - b) for a, b in zip(
-                rosenbrock_reference.gonzalez(x, y), rosenbrock_reference.gradient(midpoint)
-            )]
+            [
+                float(a - b)
+                for a, b in zip(
+                    rosenbrock_reference.gonzalez(x, y), rosenbrock_reference.gradient(midpoint)
+                )
+            ]
         )
         computed = rosenbrock.discrete_gradient("gonzalez")(x, y) - rosenbrock.gradient(midpoint)
         scale = np.abs(rosenbrock.gradient(midpoint)).max()

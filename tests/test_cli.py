@@ -462,6 +462,36 @@ def test_invalid_max_steps_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     assert "argument --max-steps" in stderr
 
 
+@pytest.mark.parametrize("rtol", ["1", "1.5", "-0.1", "nan", "loose"])
+def test_invalid_newton_rtol_rejected(capsys: pytest.CaptureFixture[str], rtol: str) -> None:
+    code, stderr = _run_usage_error(capsys, "solve", ROSENBROCK, "--newton-rtol", rtol)
+    assert code == 2
+    assert "argument --newton-rtol" in stderr
+    assert repr(rtol) in stderr
+
+
+def test_loose_newton_rtol_keeps_decrease(tmp_path: Path) -> None:
+    # Below 1, each step still lowers the loss by (1 - rtol) |y - x|^2 / tau or more.
+    out = tmp_path / "loose.json"
+    arguments = ["solve", ROSENBROCK, "--step", "10", "--max-steps", "40", "--newton-rtol"]
+    main([str(argument) for argument in [*arguments, "0.5", "--json", out]])
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert document["newton_rtol"] == 0.5
+    history = document["history"]
+    losses = [_rosenbrock_start_loss(), *history["loss"]]
+    for before, after, norm, residual in zip(
+        losses, losses[1:], history["step_norm"], history["residual"]
+    ):
+        assert residual <= 0.5 * norm + 1e-12
+        assert after - before <= -0.5 * norm**2 / 10 + 1e-12 * abs(before)
+
+
+def _rosenbrock_start_loss() -> float:
+    problem = load_spec(ROSENBROCK)
+    x, y = problem.layout.initial_point()
+    return float((1 - x) ** 2 + 100 * (y - x**2) ** 2)
+
+
 def test_unknown_method_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     code, stderr = _run_usage_error(capsys, "solve", ROSENBROCK, "--method", "bogus")
     assert code == 2

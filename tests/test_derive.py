@@ -56,7 +56,10 @@ def test_kernel_options_exclude_fastmath(tmp_path) -> None:
     q = dg.parameter("options_q", 2)
     directory = generate(dg.Loss(objective=q.dot(q), name="options"), tmp_path / "options")
     source = (directory / "kernels.py").read_text()
-    assert 'OPTIONS = {"cache": _cache_is_usable(), "error_model": "numpy", "fastmath": False}' in source
+    assert (
+        'OPTIONS = {"cache": _cache_is_usable(), "error_model": "numpy", "fastmath": False}'
+        in source
+    )
     assert "fastmath=True" not in source
 
 

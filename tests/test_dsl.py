@@ -300,7 +300,9 @@ def test_initial_nonfinite_named(bad_value: float) -> None:
 
 def test_initial_unknown_parameter_named() -> None:
     w = dg.parameter("initial_known_w")
-    with pytest.raises(SpecError, match="initial value given for 'initial_other', which is not a parameter"):
+    with pytest.raises(
+        SpecError, match="initial value given for 'initial_other', which is not a parameter"
+    ):
         dg.Loss(objective=w**2, initial={"initial_other": 1.0})
 
 
@@ -537,7 +539,9 @@ def test_load_spec_invalid_stem(tmp_path: Path) -> None:
 
 
 def test_load_spec_names_problem(tmp_path: Path) -> None:
-    text = "import dgcodegen as dg\nw = dg.parameter('named_w')\nproblem = dg.Loss(objective=w**2)\n"
+    text = (
+        "import dgcodegen as dg\nw = dg.parameter('named_w')\nproblem = dg.Loss(objective=w**2)\n"
+    )
     spec = _write(tmp_path / "quadratic_bowl.py", text)
     assert load_spec(spec).name == "quadratic_bowl"
 

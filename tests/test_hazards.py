@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+from reference import Reference, relative_error
 
 import dgcodegen as dg
 from dgcodegen.runtime import METHODS, compile_problem
-from reference import Reference, relative_error
 
 REFERENCE_METHODS = {
     "mean-value": ("mean_value", {}),

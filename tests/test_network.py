@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import json
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, GENERATED
 
 import dgcodegen as dg
-from conftest import EXAMPLES, GENERATED
 from dgcodegen.cli import main
+from dgcodegen.coordinate import coordinate_step
 from dgcodegen.dsl import load_spec
 from dgcodegen.errors import SpecError
-from dgcodegen.krylov import KrylovOptions, newton_krylov_descent
-from dgcodegen.matrix_free import MatrixFreeKernels, relative_identity_error
+from dgcodegen.krylov import KRYLOV_NEWTON_RTOL, KrylovOptions, newton_krylov_descent
+from dgcodegen.matrix_free import CoordinateState, MatrixFreeKernels, relative_identity_error
 from dgcodegen.network_cli import train_network
-from dgcodegen.runtime import compile_network, load_kernels
+from dgcodegen.runtime import compile_network, generate, load_kernels, render_files
 from dgcodegen.stepper import StepperOptions
 
 ACTIVATIONS = {
@@ -133,6 +135,25 @@ def test_hvp_matches_differences(compiled) -> None:
     assert np.max(np.abs(product - differences)) <= 1e-6 * max(1.0, np.max(np.abs(product)))
 
 
+def test_hvp_from_state_equals_hvp(compiled) -> None:
+    # The stored forward pass holds the same numbers the plain kernel recomputes, and the
+    # sums run in the same order, so the products agree bit for bit.
+    network, kernels = compiled
+    module = kernels.kernels
+    theta = _point(network, 21)
+    state = module.hvp_state(theta, *kernels.data)
+    assert state.shape == (len(kernels.data[0]), module.STATE_WIDTH)
+    for seed in (22, 23):
+        v = np.random.default_rng(seed).normal(size=network.size)
+        expected = module.hvp(theta, v, *kernels.data)
+        assert np.array_equal(module.hvp_from_state(theta, v, state, kernels.data[0]), expected)
+        assert np.array_equal(kernels.hvp(theta, v), expected)
+    # A new point must not reuse the stored pass.
+    other = _point(network, 24)
+    v = np.ones(network.size)
+    assert np.array_equal(kernels.hvp(other, v), module.hvp(other, v, *kernels.data))
+
+
 def test_hessian_is_symmetric(classifier) -> None:
     network, kernels = classifier
     hessian = kernels.hessian(_point(network, 3))
@@ -219,7 +240,7 @@ def test_softmax_stable_at_large_logits(classifier) -> None:
 )
 def test_krylov_loss_decreases_every_step(classifier, method: str, tau: float) -> None:
     network, kernels = classifier
-    options = StepperOptions(step=tau, max_steps=6, tol=1e-12)
+    options = StepperOptions(step=tau, max_steps=6, tol=1e-12, newton_rtol=1e-10)
     result = newton_krylov_descent(kernels, method, network.initial_point, options)
     losses = [kernels.loss(network.initial_point), *result.history.loss]
     assert all(after < before for before, after in zip(losses, losses[1:]))
@@ -230,9 +251,67 @@ def test_krylov_loss_decreases_every_step(classifier, method: str, tau: float) -
     assert max(abs(r) for r in result.history.energy_residual) <= bound * losses[0]
 
 
+@pytest.mark.parametrize("tau", [0.1, 100.0, 1e6])
+@pytest.mark.parametrize("rtol", [0.5, 0.9])
+def test_loose_krylov_solve_keeps_certified_decrease(classifier, tau: float, rtol: float) -> None:
+    # A solve to |F| <= rtol |d| with the exact Gonzalez identity gives
+    # V(y) - V(x) = (F . d - |d|^2) / tau <= -(1 - rtol) |d|^2 / tau.
+    network, kernels = classifier
+    options = StepperOptions(step=tau, max_steps=6, tol=1e-12, newton_rtol=rtol)
+    result = newton_krylov_descent(kernels, "gonzalez", network.initial_point, options)
+    assert result.steps == 6
+    losses = [kernels.loss(network.initial_point), *result.history.loss]
+    for before, after, norm, residual in zip(
+        losses, losses[1:], result.history.step_norm, result.history.residual
+    ):
+        assert residual <= rtol * norm + 1e-13 * max(1.0, np.linalg.norm(result.x))
+        bound = (1.0 - rtol) * norm**2 / tau
+        assert after - before <= -bound + 1e-12 * abs(before)
+        assert bound > 0.0
+
+
+def test_default_krylov_tolerance_is_loose_and_reported(classifier) -> None:
+    network, kernels = classifier
+    loose = newton_krylov_descent(
+        kernels, "gonzalez", network.initial_point, StepperOptions(step=100.0, max_steps=4)
+    )
+    tight = newton_krylov_descent(
+        kernels,
+        "gonzalez",
+        network.initial_point,
+        StepperOptions(step=100.0, max_steps=4, newton_rtol=1e-10),
+    )
+    assert sum(loose.krylov_iterations) < sum(tight.krylov_iterations)
+    assert all(
+        residual <= KRYLOV_NEWTON_RTOL * norm + 1e-12
+        for residual, norm in zip(loose.history.residual, loose.history.step_norm)
+    )
+    assert max(tight.history.residual) <= 1e-8
+
+
+def test_krylov_try_budget_rejects_expensive_tries(classifier, caplog) -> None:
+    network, kernels = classifier
+    options = StepperOptions(step=1e6, max_steps=2, tol=1e-12, newton_rtol=1e-10)
+    krylov = KrylovOptions(try_budget=3)
+    with caplog.at_level("DEBUG", logger="dgcodegen"):
+        result = newton_krylov_descent(kernels, "gonzalez", network.initial_point, options, krylov)
+    assert "Krylov budget of 3 iterations per try spent" in caplog.text
+    assert sum(result.history.rejected) >= 1
+    # The true-residual checks of the last solve may pass the budget by two products.
+    assert all(count <= 3 + 2 for count in result.krylov_iterations)
+    losses = [kernels.loss(network.initial_point), *result.history.loss]
+    assert all(after < before for before, after in zip(losses, losses[1:]))
+
+
+@pytest.mark.parametrize("rtol", [-0.1, 1.0, 2.0])
+def test_newton_rtol_outside_unit_interval_is_rejected(rtol: float) -> None:
+    with pytest.raises(SpecError, match=f"invalid newton_rtol {rtol!r}"):
+        StepperOptions(step=1.0, newton_rtol=rtol)
+
+
 def test_krylov_matches_dense_newton(classifier) -> None:
     network, kernels = classifier
-    options = StepperOptions(step=5.0, max_steps=5, tol=1e-12)
+    options = StepperOptions(step=5.0, max_steps=5, tol=1e-12, newton_rtol=1e-10)
     dense, dense_choice = train_network(kernels, "gonzalez", options, "dense")
     krylov, krylov_choice = train_network(kernels, "gonzalez", options, "krylov")
     assert (dense_choice, krylov_choice) == ("dense", "krylov")
@@ -241,7 +320,7 @@ def test_krylov_matches_dense_newton(classifier) -> None:
 
 def test_jacobi_preconditioner_gives_same_steps(classifier) -> None:
     network, kernels = classifier
-    options = StepperOptions(step=20.0, max_steps=3, tol=1e-12)
+    options = StepperOptions(step=20.0, max_steps=3, tol=1e-12, newton_rtol=1e-10)
     plain = newton_krylov_descent(kernels, "gonzalez", network.initial_point, options)
     krylov = KrylovOptions(preconditioner="jacobi")
     preconditioned = newton_krylov_descent(
@@ -342,3 +421,170 @@ def test_glorot_start_is_reproducible() -> None:
     assert np.array_equal(first.initial_point, second.initial_point)
     assert not np.array_equal(first.initial_point, other.initial_point)
     assert first.fingerprint() != other.fingerprint()
+
+
+# Incremental evaluation for the coordinate-wise Itoh-Abe step.
+
+
+def _bind(network: dg.Network) -> MatrixFreeKernels:
+    """Generate and import a network's kernels without compiling the gradient and HVP."""
+    directory = generate(network)
+    return MatrixFreeKernels(load_kernels(directory), network.layout, network.default_data)
+
+
+@pytest.fixture(scope="module")
+def saturating() -> tuple[dg.Network, MatrixFreeKernels]:
+    """A classifier whose hidden and last layers have relu, sigmoid and tanh units."""
+    network = dg.Network(
+        [dg.Dense(4, 5, "relu"), dg.Dense(5, 4, "sigmoid"), dg.Dense(4, 3, "tanh")],
+        reduction="sum",
+        weight_decay=0.1,
+        data=_classifier_data(200),
+        name="test_saturating",
+    )
+    return network, _bind(network)
+
+
+@pytest.fixture(scope="module")
+def smooth_regression() -> tuple[dg.Network, MatrixFreeKernels]:
+    """A regression network with an identity first layer and a softplus output layer."""
+    generator = np.random.default_rng(13)
+    x = generator.normal(size=(300, 3))
+    target = np.column_stack([np.log1p(np.exp(x[:, 0])), np.abs(x[:, 1])])
+    network = dg.Network(
+        [dg.Dense(3, 4), dg.Dense(4, 2, "softplus")],
+        loss="squared_error",
+        weight_decay=0.01,
+        data={"x": x, "target": target},
+        name="test_smooth_regression",
+    )
+    return network, _bind(network)
+
+
+@pytest.fixture(params=["classifier", "regression", "saturating", "smooth_regression"])
+def any_network(request) -> tuple[dg.Network, MatrixFreeKernels]:
+    return request.getfixturevalue(request.param)
+
+
+def _layer_coordinates(network: dg.Network, seed: int) -> list[int]:
+    """Return the first, last and a random weight, and the first and last bias, of each layer."""
+    generator = np.random.default_rng(seed)
+    coordinates, offset = [], 0
+    for layer in network.layers:
+        weights = layer.outputs * layer.inputs
+        coordinates += [offset, offset + weights - 1, offset + int(generator.integers(weights))]
+        coordinates += [offset + weights, offset + weights + layer.outputs - 1]
+        offset += weights + layer.outputs
+    return coordinates
+
+
+@pytest.mark.parametrize("distance", [1e-9, 1e-3, 0.5, 5.0])
+def test_coordinate_loss_matches_full_loss(any_network, distance: float) -> None:
+    network, kernels = any_network
+    theta = _point(network, 20)
+    state = CoordinateState(kernels, theta)
+    signs = np.random.default_rng(21).choice([-1.0, 1.0], size=network.size)
+    for k in _layer_coordinates(network, 22):
+        t = theta[k] + signs[k] * distance
+        trial = theta.copy()
+        trial[k] = t
+        expected = kernels.loss(trial)
+        assert abs(state.loss(k, t) - expected) <= 1e-12 * abs(expected), f"coordinate {k}"
+
+
+def test_coordinate_derivative_matches_gradient(any_network) -> None:
+    network, kernels = any_network
+    theta = _point(network, 23)
+    state = CoordinateState(kernels, theta)
+    gradient = kernels.gradient(theta)
+    derivatives = np.array([state.derivative(k) for k in range(network.size)])
+    assert np.max(np.abs(derivatives - gradient)) <= 1e-12 * max(1.0, np.max(np.abs(gradient)))
+
+
+def test_coordinate_change_accurate_at_tiny_steps(any_network) -> None:
+    # A difference of two full losses carries a rounding error of about eps * V / h, here
+    # 2e-6 * V. The incremental change does not, so change / h stays within O(h) of the slope.
+    network, kernels = any_network
+    theta = _point(network, 24)
+    state = CoordinateState(kernels, theta)
+    gradient = kernels.gradient(theta)
+    h = 1e-10
+    for k in _layer_coordinates(network, 25):
+        slope = state.change(k, theta[k] + h) / h
+        assert abs(slope - gradient[k]) <= 1e-7 * max(1.0, abs(gradient[k])), f"coordinate {k}"
+
+
+def test_coordinate_state_matches_forward_after_commits(any_network) -> None:
+    network, kernels = any_network
+    generator = np.random.default_rng(26)
+    theta = _point(network, 27)
+    state = CoordinateState(kernels, theta)
+    for _ in range(3):
+        for k in generator.permutation(network.size):
+            theta[k] += 0.2 * generator.normal()
+            state.commit(int(k), theta[k])
+    assert np.array_equal(state.theta, theta)
+    fresh = kernels.kernels.coordinate_state(theta, kernels.data[0])
+    scale = max(1.0, np.max(np.abs(fresh)))
+    assert np.max(np.abs(state.activations - fresh)) <= 1e-12 * scale
+    expected = kernels.loss(theta)
+    assert abs(state.value - expected) <= 1e-12 * abs(expected)
+
+
+def test_coordinate_quotient_follows_any_point(classifier) -> None:
+    network, kernels = classifier
+    quotient = kernels.coordinate_quotient()
+    reference = kernels.coordinate_quotient(incremental=False)
+    point = _point(network, 28)
+    first = quotient(point, 3, point[3] + 0.1)
+    assert abs(first - reference(point.copy(), 3, point[3] + 0.1)) <= 1e-10
+    # The point changes in place, in two coordinates at once and then back, and each call
+    # must see the point it gets.
+    point[0] += 0.3
+    point[7] -= 0.2
+    moved = quotient(point, 3, point[3] + 0.1)
+    assert abs(moved - reference(point.copy(), 3, point[3] + 0.1)) <= 1e-10
+    point[7] += 0.2
+    back = quotient(point, 5, point[5] - 0.1)
+    assert abs(back - reference(point.copy(), 5, point[5] - 0.1)) <= 1e-10
+
+
+@pytest.mark.parametrize("tau", [1.0, 1e3])
+def test_incremental_itoh_abe_step_matches_loss_path(any_network, tau: float) -> None:
+    network, kernels = any_network
+    x = _point(network, 29)
+    incremental, _, residual = coordinate_step(kernels.coordinate_quotient(), x, tau, 1e-15)
+    from_losses, _, _ = coordinate_step(
+        kernels.coordinate_quotient(incremental=False), x, tau, 1e-15
+    )
+    assert np.max(np.abs(incremental - from_losses)) <= 1e-10 * max(1.0, np.max(np.abs(x)))
+    assert residual <= 1e-12 * max(1.0, tau)
+
+
+@pytest.mark.parametrize("tau", [1.0, 1e3])
+def test_incremental_itoh_abe_decreases_loss(any_network, tau: float) -> None:
+    network, kernels = any_network
+    options = StepperOptions(step=tau, max_steps=4, tol=1e-12)
+    result, choice = train_network(kernels, "itoh-abe", options)
+    assert choice == "coordinate"
+    losses = [kernels.loss(network.initial_point), *result.history.loss]
+    assert result.steps == 4
+    assert all(after < before for before, after in zip(losses, losses[1:]))
+    # With every scalar equation solved, the step lowers the loss by |y - x|^2 / tau.
+    assert max(abs(r) for r in result.history.energy_residual) <= 1e-10 * losses[0]
+
+
+@pytest.mark.parametrize("name", ["saturating", "smooth_regression"])
+def test_network_module_defines_names_once(request, name: str) -> None:
+    # The incremental kernels come from a second template, so a name it shares with
+    # network.py.jinja would silently replace the other definition.
+    network, _ = request.getfixturevalue(name)
+    tree = ast.parse(render_files(network)["kernels.py"])
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [target.id for target in node.targets if isinstance(target, ast.Name)]
+    duplicates = sorted({entry for entry in names if names.count(entry) > 1})
+    assert duplicates == []

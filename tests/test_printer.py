@@ -174,8 +174,14 @@ def test_softplus_sigmoid_finite(value: float) -> None:
 @pytest.mark.parametrize(
     ("expr", "text"),
     [
-        pytest.param(sp.Heaviside(X), "(1.0 if a > 0.0 else (0.5 if a == 0.0 else 0.0))", id="heaviside"),
-        pytest.param(sp.Heaviside(X, 0), "(1.0 if a > 0.0 else (0.0 if a == 0.0 else 0.0))", id="heaviside-h0"),
+        pytest.param(
+            sp.Heaviside(X), "(1.0 if a > 0.0 else (0.5 if a == 0.0 else 0.0))", id="heaviside"
+        ),
+        pytest.param(
+            sp.Heaviside(X, 0),
+            "(1.0 if a > 0.0 else (0.0 if a == 0.0 else 0.0))",
+            id="heaviside-h0",
+        ),
         pytest.param(sp.sign(X), "(1.0 if a > 0.0 else (-1.0 if a < 0.0 else 0.0))", id="sign"),
         pytest.param(sp.Abs(X), "abs(a)", id="abs"),
         pytest.param(sp.Max(X, 0), "max(0.0, a)", id="max-two"),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import sympy as sp
 
 from dgcodegen.errors import SolverError, SpecError
 from dgcodegen.stepper import (
+    DENSE_NEWTON_RTOL,
     SolveResult,
     StepperOptions,
     discrete_gradient_descent,
@@ -71,9 +71,9 @@ def iterate_norm_bounds(result: SolveResult, x0: np.ndarray) -> np.ndarray:
 
 def assert_newton_tolerance_met(result: SolveResult, x0: np.ndarray, options: StepperOptions):
     step_norm = np.array(result.history.step_norm)
-    tolerance = options.newton_rtol * step_norm + options.newton_atol * np.maximum(
-        1.0, iterate_norm_bounds(result, x0)
-    )
+    tolerance = options.relative_tolerance(
+        DENSE_NEWTON_RTOL
+    ) * step_norm + options.newton_atol * np.maximum(1.0, iterate_norm_bounds(result, x0))
     assert np.all(np.array(result.history.residual) <= tolerance)
 
 

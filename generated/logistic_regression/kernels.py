@@ -23,6 +23,10 @@ CHUNK = 256
 N_PARAMETERS = 31
 GONZALEZ_SERIES_THRESHOLD = 0.01
 
+# An OpenMP runtime whose idle threads spin slowed these kernels 20 to 30 times whenever
+# another process kept a core busy; threads that sleep cost little on an idle machine. A
+# value set by the user is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _install_cache_locator():

@@ -32,6 +32,10 @@ ProgressCallback = Callable[[int, float, float], None]
 MAX_HALVINGS = 10
 """Maximum number of times the line search halves a Newton update."""
 
+DENSE_NEWTON_RTOL = 1e-10
+"""Default relative Newton tolerance of the dense stepper: the energy identity then holds to
+about rounding."""
+
 LOSS_INCREASE_SLACK = 1e-12
 """A try is rejected when `V(y) > V(x) + LOSS_INCREASE_SLACK * max(1, |V(x)|)` and `y != x`."""
 
@@ -71,7 +75,12 @@ class StepperOptions:
         tol: The run has converged when `|grad V(x)| <= tol * max(1, |grad V(x0)|)`.
         max_steps: Maximum number of accepted steps.
         newton_rtol: Relative part of the Newton tolerance
-            `|F(y)| <= newton_rtol * |y - x| + newton_atol * max(1, |x|)`.
+            `|F(y)| <= newton_rtol * |y - x| + newton_atol * max(1, |x|)`, in [0, 1), or
+            None for the solver's default: DENSE_NEWTON_RTOL here, a looser one for
+            Newton-Krylov (`krylov.KRYLOV_NEWTON_RTOL`). With
+            `F(y) = y - x + tau DG(x, y)` and the exact identity `DG . (y - x) = V(y) - V(x)`,
+            a solve to this tolerance still gives `V(y) - V(x) <= -(1 - newton_rtol)
+            |y - x|^2 / tau`, so a loose tolerance keeps the decrease guarantee.
         newton_atol: Absolute part of the Newton tolerance, scaled by `max(1, |x|)`.
         newton_max_iter: Maximum number of Newton updates per try.
         reuse_jacobian: Keep the Jacobian, and the inverse of the Newton matrix
@@ -89,10 +98,14 @@ class StepperOptions:
     min_step: float = 1e-14
     tol: float = 1e-8
     max_steps: int = 1000
-    newton_rtol: float = 1e-10
+    newton_rtol: float | None = None
     newton_atol: float = 1e-13
     newton_max_iter: int = 30
     reuse_jacobian: bool = True
+
+    def relative_tolerance(self, default: float) -> float:
+        """Return `newton_rtol`, or `default` (the solver's) when it is None."""
+        return default if self.newton_rtol is None else self.newton_rtol
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.step) and self.step > 0):
@@ -116,6 +129,11 @@ class StepperOptions:
         if not (self.tol >= 0 and self.max_steps >= 0):
             raise SpecError(
                 f"invalid tol {self.tol!r} or max_steps {self.max_steps!r}: both must be >= 0"
+            )
+        if self.newton_rtol is not None and not 0 <= self.newton_rtol < 1:
+            raise SpecError(
+                f"invalid newton_rtol {self.newton_rtol!r}: it must lie in [0, 1). Below 1 the "
+                "loss still falls by at least (1 - newton_rtol) |y - x|^2 / tau per step"
             )
         if self.newton_max_iter < 1:
             raise SpecError(f"invalid newton_max_iter {self.newton_max_iter!r}: it must be >= 1")
@@ -298,7 +316,7 @@ def _newton_solve(
         # NOTE: the rounding error of F grows like eps * tau * |DG terms|, which this tolerance
         # does not scale with. At large tau near a minimum a solve can miss it by rounding
         # alone, and the stepper then rejects the try and shrinks tau.
-        if residual <= options.newton_rtol * _norm(y - x) + atol:
+        if residual <= options.relative_tolerance(DENSE_NEWTON_RTOL) * _norm(y - x) + atol:
             return _NewtonResult(y, residual, iteration, None)
         if iteration == options.newton_max_iter:
             break

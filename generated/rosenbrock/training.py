@@ -29,7 +29,7 @@ from .coordinate import coordinate_descent
 from .errors import DgcodegenError, SolverError, SpecError
 from .files import write_atomic
 from .layout import Layout
-from .stepper import SolveResult, StepperOptions, discrete_gradient_descent
+from .stepper import DENSE_NEWTON_RTOL, SolveResult, StepperOptions, discrete_gradient_descent
 
 log = logging.getLogger("dgcodegen")
 
@@ -174,6 +174,7 @@ def report(
         "step": options.step,
         "schedule": options.schedule,
         "tol": options.tol,
+        "newton_rtol": options.relative_tolerance(DENSE_NEWTON_RTOL),
         "parameters": parameters,
         "loss": result.loss,
         "gradient_norm": result.gradient_norm,
@@ -229,6 +230,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """Parse a command-line value that must lie in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number in [0, 1)")
+    return value
+
+
 def positive_int(text: str) -> int:
     """Parse a command-line value that must be an integer >= 1."""
     try:
@@ -269,6 +281,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop when |grad V| <= tol * max(1, |grad V(x0)|) (default 1e-8)",
     )
     parser.add_argument("--max-steps", type=positive_int, default=1000, help="maximum steps")
+    parser.add_argument(
+        "--newton-rtol",
+        type=unit_fraction,
+        help="solve each step to |F(y)| <= NEWTON_RTOL * |y - x|, in [0, 1); the loss still "
+        "falls by (1 - NEWTON_RTOL) |y - x|^2 / tau or more (default 1e-10, 0.5 for "
+        "Newton-Krylov)",
+    )
     parser.add_argument("--json", type=Path, help="write the run to this JSON file")
 
 
@@ -281,6 +300,7 @@ def check_training_arguments(args: argparse.Namespace) -> StepperOptions:
         )
     if args.json:
         check_output_path(args.json)
+    tolerance = {} if args.newton_rtol is None else {"newton_rtol": args.newton_rtol}
     return StepperOptions(
         step=args.step,
         schedule=args.schedule,
@@ -288,6 +308,7 @@ def check_training_arguments(args: argparse.Namespace) -> StepperOptions:
         max_step=args.max_step,
         tol=args.tol,
         max_steps=args.max_steps,
+        **tolerance,
     )
 
 

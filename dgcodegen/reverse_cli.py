@@ -1,0 +1,88 @@
+"""Training of large `Loss` specs with reverse-mode kernels: the kernel choice and `solve`.
+
+`cli.py` dispatches here when a loss has more than `DENSE_NEWTON_LIMIT` parameters, or when
+`--kernels reverse` requests it. The loss, gradient and Hessian-vector product kernels come
+from `reverse_emit.py`, so the dense symbolic Hessian is never built. Training then runs as
+for a `dg.Network`. The mean-value and Gonzalez discrete gradients of `matrix_free.py` are
+solved by Newton-Krylov above `DENSE_NEWTON_LIMIT` parameters and by dense Newton, with
+Jacobian columns from Hessian-vector products, up to it. Forward Itoh-Abe is solved
+coordinate by coordinate from loss values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from .dsl import Loss
+from .errors import SpecError
+from .krylov import DENSE_NEWTON_LIMIT, KrylovOptions
+from .matrix_free import MATRIX_FREE_METHODS
+from .network_cli import train_network
+from .stepper import StepperOptions
+from .training import EXIT_NOT_CONVERGED, report, write_json
+
+log = logging.getLogger("dgcodegen")
+
+KERNEL_CHOICES = ("auto", "dense", "reverse")
+REVERSE_METHODS = (*MATRIX_FREE_METHODS, "itoh-abe")
+
+
+def add_kernel_arguments(solve: argparse.ArgumentParser) -> None:
+    """Add the `--kernels` option of `solve`."""
+    solve.add_argument(
+        "--kernels",
+        choices=KERNEL_CHOICES,
+        default="auto",
+        help="dg.Loss only: dense symbolic gradient and Jacobian kernels, reverse-mode loss, "
+        "gradient and Hessian-vector product kernels, or auto (dense up to "
+        f"{DENSE_NEWTON_LIMIT} parameters)",
+    )
+
+
+def pick_kernels(problem: Loss, requested: str) -> str:
+    """Return "dense" or "reverse" for `problem`, and log the choice."""
+    n = len(problem.parameter_symbols)
+    if requested == "auto":
+        choice = "dense" if n <= DENSE_NEWTON_LIMIT else "reverse"
+        log.info(
+            "using %s kernels for %d parameters (dense up to %d)",
+            "dense symbolic" if choice == "dense" else "reverse-mode matrix-free",
+            n,
+            DENSE_NEWTON_LIMIT,
+        )
+        return choice
+    log.info("using %s kernels for %d parameters, as requested", requested, n)
+    return requested
+
+
+def solve_reverse(
+    problem: Loss, args: argparse.Namespace, options: StepperOptions, show_progress: bool
+) -> int:
+    """Run `dgcodegen solve` on a loss with reverse-mode kernels and return the exit code."""
+    from .runtime import compile_matrix_free
+
+    if args.method not in REVERSE_METHODS:
+        raise SpecError(
+            f"--method {args.method} needs the dense kernels; with reverse-mode kernels choose "
+            f"one of {', '.join(REVERSE_METHODS)}, or pass --kernels dense"
+        )
+    data = problem.layout.read_data(args.data) if args.data else None
+    bound = compile_matrix_free(problem, data, args.out, show_progress)
+    krylov = KrylovOptions(preconditioner=args.preconditioner)
+    started = time.perf_counter()
+    result, solver = train_network(bound, args.method, options, args.linear_solver, krylov)
+    log.info("trained %r in %.2f s", problem.name, time.perf_counter() - started)
+    document = report(problem.layout, args.method, options, result)
+    document["kernels"] = "reverse"
+    document["linear_solver"] = solver
+    krylov_iterations = getattr(result, "krylov_iterations", None)
+    if krylov_iterations is not None:
+        document["history"]["krylov_iterations"] = list(krylov_iterations)
+    print(f"{problem.name}: {result.message}")
+    print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
+    if args.json:
+        write_json(document, args.json)
+        print(f"wrote {args.json}")
+    return 0 if result.converged else EXIT_NOT_CONVERGED
