@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import DgcodegenError, SpecError
+from .krylov import DENSE_NEWTON_LIMIT
 from .network import Network
 from .network_cli import add_network_arguments, solve_network
 from .reverse_cli import add_kernel_arguments, pick_kernels, solve_reverse
@@ -306,6 +307,14 @@ def _verify(args: argparse.Namespace) -> int:
     if isinstance(problem, System):
         report = verify_system(problem, seed=args.seed)
     else:
+        if pick_kernels(problem, "auto") == "reverse":
+            raise SpecError(
+                f"verify proves the identities of dense symbolic discrete gradients, which the "
+                f"{problem.layout.size} parameters of {problem.name!r} put out of reach (the "
+                f"limit is {DENSE_NEWTON_LIMIT}); its reverse-mode discrete gradients are "
+                "assembled at run time, as a network's are, and the tests check them "
+                "numerically. Verify a smaller instance of the same loss instead"
+            )
         report = verify(problem, seed=args.seed)
     print(report.certificate(), end="")
     if args.json:
