@@ -76,6 +76,12 @@ def train_network(
     """
     x0 = bound.layout.initial_point()
     if method == "itoh-abe":
+        if options.newton_rtol is not None:
+            raise SpecError(
+                f"--newton-rtol {options.newton_rtol} sets the tolerance of Newton solves, and "
+                "itoh-abe here solves one scalar equation per coordinate to rounding instead; "
+                "remove --newton-rtol"
+            )
         # One scalar equation per coordinate, each solved from loss values alone.
         log.info("using the coordinate-wise Itoh-Abe solve for %d parameters", bound.n)
         quotient = bound.coordinate_quotient()
@@ -113,12 +119,19 @@ def network_report(
     """Return the JSON document of a network run: the loss report plus the solver used."""
     document = report(network.layout, method, options, result)
     document["linear_solver"] = linear_solver
-    if linear_solver == "krylov":
-        document["newton_rtol"] = options.relative_tolerance(KRYLOV_NEWTON_RTOL)
+    record_tolerance(document, options, linear_solver)
     krylov_iterations = getattr(result, "krylov_iterations", None)
     if krylov_iterations is not None:
         document["history"]["krylov_iterations"] = list(krylov_iterations)
     return document
+
+
+def record_tolerance(document: dict[str, Any], options: StepperOptions, solver: str) -> None:
+    """Record the Newton tolerance that `solver` ("dense", "krylov" or "coordinate") used."""
+    if solver == "krylov":
+        document["newton_rtol"] = options.relative_tolerance(KRYLOV_NEWTON_RTOL)
+    elif solver == "coordinate":
+        document["newton_rtol"] = None
 
 
 def solve_network(

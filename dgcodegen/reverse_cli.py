@@ -19,7 +19,7 @@ from .dsl import Loss
 from .errors import SpecError
 from .krylov import DENSE_NEWTON_LIMIT, KrylovOptions
 from .matrix_free import MATRIX_FREE_METHODS
-from .network_cli import train_network
+from .network_cli import record_tolerance, train_network
 from .stepper import StepperOptions
 from .training import EXIT_NOT_CONVERGED, report, write_json
 
@@ -54,6 +54,14 @@ def pick_kernels(problem: Loss, requested: str) -> str:
         )
         return choice
     log.info("using %s kernels for %d parameters, as requested", requested, n)
+    if requested == "dense" and n > DENSE_NEWTON_LIMIT:
+        log.warning(
+            "dense symbolic kernels for %d parameters build a Hessian of %d entries; "
+            "derivation and compilation can take hours. Drop --kernels dense to get "
+            "reverse-mode kernels",
+            n,
+            n * n,
+        )
     return requested
 
 
@@ -77,6 +85,7 @@ def solve_reverse(
     document = report(problem.layout, args.method, options, result)
     document["kernels"] = "reverse"
     document["linear_solver"] = solver
+    record_tolerance(document, options, solver)
     krylov_iterations = getattr(result, "krylov_iterations", None)
     if krylov_iterations is not None:
         document["history"]["krylov_iterations"] = list(krylov_iterations)

@@ -236,7 +236,7 @@ def unit_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number in [0, 1)")
-    return value
+    return 0.0 if value == 0 else value
 
 
 def positive_int(text: str) -> int:
@@ -296,6 +296,12 @@ def check_training_arguments(args: argparse.Namespace) -> StepperOptions:
             f"--solver coordinate needs --method itoh-abe, not {args.method}: only the forward "
             "Itoh-Abe step splits into one scalar equation per coordinate"
         )
+    if args.newton_rtol is not None and args.solver == "coordinate":
+        raise SpecError(
+            f"--newton-rtol {args.newton_rtol} sets the tolerance of Newton solves, and "
+            "--solver coordinate solves each scalar equation to rounding instead; remove "
+            "--newton-rtol"
+        )
     if args.json:
         check_output_path(args.json)
     tolerance = {} if args.newton_rtol is None else {"newton_rtol": args.newton_rtol}
@@ -319,6 +325,8 @@ def run_training(
     """Train, print a summary, write the JSON file if requested, and return the exit code."""
     result = train(bound, args.method, options, show_progress, solver=args.solver)
     document = report(bound.layout, args.method, options, result)
+    if args.solver == "coordinate":
+        document["newton_rtol"] = None
     print(f"{bound.layout.name}: {result.message}")
     print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
     for name, value in document["parameters"].items():

@@ -286,6 +286,44 @@ def test_forced_reverse_kernels_lower_loss(tmp_path, caplog, method) -> None:
     assert all(after < before for before, after in zip(losses, losses[1:])), losses
 
 
+@pytest.mark.parametrize(
+    ("extra", "solver", "rtol"),
+    [
+        (["--linear-solver", "krylov"], "krylov", 0.5),
+        (["--linear-solver", "krylov", "--newton-rtol", "0.9"], "krylov", 0.9),
+        (["--linear-solver", "dense"], "dense", 1e-10),
+    ],
+)
+def test_reverse_json_records_tolerance_in_force(tmp_path, extra, solver, rtol) -> None:
+    # The JSON must name the tolerance the solver used, and the decrease it certifies
+    # must hold at every step.
+    spec = tmp_path / "small_logistic.py"
+    spec.write_text(SMALL_SPEC)
+    out = tmp_path / "run.json"
+    arguments = ["solve", str(spec), "--kernels", "reverse", "--method", "gonzalez"]
+    main([*arguments, "--step", "10", "--max-steps", "4", *extra, "--json", str(out)])
+    document = json.loads(out.read_text())
+    assert (document["linear_solver"], document["newton_rtol"]) == (solver, rtol)
+    history = document["history"]
+    for norm, residual, tau, change in zip(
+        history["step_norm"], history["residual"], history["step"], history["energy_residual"]
+    ):
+        assert residual <= rtol * norm + 1e-12
+        # energy_residual = V(y) - V(x) + |d|^2 / tau, at most rtol |d|^2 / tau.
+        assert change <= rtol * norm**2 / tau + 1e-12
+
+
+def test_newton_rtol_rejected_for_coordinate_solves(tmp_path, capsys) -> None:
+    spec = tmp_path / "small_logistic.py"
+    spec.write_text(SMALL_SPEC)
+    reverse = ["solve", str(spec), "--kernels", "reverse", "--method", "itoh-abe"]
+    assert main([*reverse, "--newton-rtol", "0.5"]) == 1
+    assert "remove --newton-rtol" in capsys.readouterr().err
+    dense = ["solve", str(spec), "--method", "itoh-abe", "--solver", "coordinate"]
+    assert main([*dense, "--newton-rtol", "0.5"]) == 1
+    assert "remove --newton-rtol" in capsys.readouterr().err
+
+
 def test_reverse_kernels_reject_symmetric_itoh_abe(tmp_path, capsys) -> None:
     spec = tmp_path / "small_logistic.py"
     spec.write_text(SMALL_SPEC)
