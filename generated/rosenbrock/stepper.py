@@ -33,8 +33,8 @@ MAX_HALVINGS = 10
 """Maximum number of times the line search halves a Newton update."""
 
 DENSE_NEWTON_RTOL = 1e-10
-"""Default relative Newton tolerance of the dense stepper: the energy identity then holds to
-about rounding."""
+"""Default relative Newton tolerance of the dense stepper: the energy identity is then exact
+to about rounding."""
 
 LOSS_INCREASE_SLACK = 1e-12
 """A try is rejected when `V(y) > V(x) + LOSS_INCREASE_SLACK * max(1, |V(x)|)` and `y != x`."""
