@@ -7,7 +7,7 @@ forcing term (choice 2 of S. C. Eisenstat and H. F. Walker, SIAM J. Sci. Comput.
 A try whose solve fails or raises the loss is rejected and tau shrinks, as in the dense
 stepper, and a run that stops early is never reported as converged.
 
-Unless `StepperOptions.newton_rtol` says otherwise, steps are solved only to
+Unless `StepperOptions.newton_rtol` sets another tolerance, steps are solved only to
 `|F(y)| <= 0.5 |y - x|`. Because
 `DG . (y - x) = V(y) - V(x)` holds for any y (exactly for Gonzalez, to quadrature error for
 the mean value), `V(y) - V(x) = (F . d - |d|^2) / tau` with

@@ -24,6 +24,7 @@ from .krylov import (
     KrylovOptions,
     newton_krylov_descent,
 )
+from .layout import Layout
 from .matrix_free import MATRIX_FREE_METHODS, MatrixFreeKernels
 from .network import Network
 from .stepper import ProgressCallback, SolveResult, StepperOptions, discrete_gradient_descent
@@ -109,29 +110,25 @@ def train_network(
     return result, choice
 
 
-def network_report(
-    network: Network,
+def matrix_free_report(
+    layout: Layout,
     method: str,
     options: StepperOptions,
     result: SolveResult,
     linear_solver: str,
 ) -> dict[str, Any]:
-    """Return the JSON document of a network run: the loss report plus the solver used."""
-    document = report(network.layout, method, options, result)
+    """Return the JSON document of a matrix-free run (a network or a reverse-mode loss): the
+    loss report plus the solver used and the Newton tolerance it used."""
+    document = report(layout, method, options, result)
     document["linear_solver"] = linear_solver
-    record_tolerance(document, options, linear_solver)
+    if linear_solver == "krylov":
+        document["newton_rtol"] = options.relative_tolerance(KRYLOV_NEWTON_RTOL)
+    elif linear_solver == "coordinate":
+        document["newton_rtol"] = None
     krylov_iterations = getattr(result, "krylov_iterations", None)
     if krylov_iterations is not None:
         document["history"]["krylov_iterations"] = list(krylov_iterations)
     return document
-
-
-def record_tolerance(document: dict[str, Any], options: StepperOptions, solver: str) -> None:
-    """Record the Newton tolerance that `solver` ("dense", "krylov" or "coordinate") used."""
-    if solver == "krylov":
-        document["newton_rtol"] = options.relative_tolerance(KRYLOV_NEWTON_RTOL)
-    elif solver == "coordinate":
-        document["newton_rtol"] = None
 
 
 def solve_network(
@@ -151,7 +148,7 @@ def solve_network(
     started = time.perf_counter()
     result, choice = train_network(bound, args.method, options, args.linear_solver, krylov)
     log.info("trained %r in %.2f s", network.name, time.perf_counter() - started)
-    document = network_report(network, args.method, options, result, choice)
+    document = matrix_free_report(network.layout, args.method, options, result, choice)
     print(f"{network.name}: {result.message}")
     print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
     outputs = bound.kernels.predict(result.x, bound.data[0])

@@ -19,9 +19,9 @@ from .dsl import Loss
 from .errors import SpecError
 from .krylov import DENSE_NEWTON_LIMIT, KrylovOptions
 from .matrix_free import MATRIX_FREE_METHODS
-from .network_cli import record_tolerance, train_network
+from .network_cli import matrix_free_report, train_network
 from .stepper import StepperOptions
-from .training import EXIT_NOT_CONVERGED, report, write_json
+from .training import EXIT_NOT_CONVERGED, write_json
 
 log = logging.getLogger("dgcodegen")
 
@@ -82,13 +82,8 @@ def solve_reverse(
     started = time.perf_counter()
     result, solver = train_network(bound, args.method, options, args.linear_solver, krylov)
     log.info("trained %r in %.2f s", problem.name, time.perf_counter() - started)
-    document = report(problem.layout, args.method, options, result)
+    document = matrix_free_report(problem.layout, args.method, options, result, solver)
     document["kernels"] = "reverse"
-    document["linear_solver"] = solver
-    record_tolerance(document, options, solver)
-    krylov_iterations = getattr(result, "krylov_iterations", None)
-    if krylov_iterations is not None:
-        document["history"]["krylov_iterations"] = list(krylov_iterations)
     print(f"{problem.name}: {result.message}")
     print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
     if args.json:

@@ -136,7 +136,7 @@ def test_hvp_matches_differences(compiled) -> None:
 
 
 def test_hvp_from_state_equals_hvp(compiled) -> None:
-    # The stored forward pass holds the same numbers the plain kernel recomputes, and the
+    # The stored forward pass contains the same numbers the plain kernel recomputes, and the
     # sums run in the same order, so the products agree bit for bit.
     network, kernels = compiled
     module = kernels.kernels

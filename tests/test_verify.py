@@ -23,9 +23,9 @@ EXAMPLES = sorted(
     for path in (Path(__file__).resolve().parent.parent / "examples").glob("*.py")
     if path.stem not in ("mlp_digits", "mlp_sympy", "kepler")
 )
-"""Examples whose identities verify proves or checks; networks and losses above the dense
-limit are not covered, and Kepler's mean value has no closed form (see
-test_kepler_mean_value_is_not_exact)."""
+"""Examples whose identities verify proves or checks. Networks and losses above the dense
+limit are left out because verify rejects them, and Kepler because its mean value has no
+closed form (see test_kepler_mean_value_is_not_exact)."""
 ROSENBROCK = Path(__file__).resolve().parent.parent / "examples" / "rosenbrock.py"
 
 QUADRATIC_SPEC = """\
