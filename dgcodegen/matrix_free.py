@@ -43,11 +43,13 @@ units of rounding of its terms, because it is then rounding noise divided by `|d
 
 MEMO_SIZE = 4
 """Points whose loss and gradient are kept. A Newton-Krylov step evaluates both at `x`, at
-each Newton iterate and at the accepted point, and several of these coincide."""
+each Newton iterate and at the accepted point, and several of these coincide. When the
+forward-pass states fit in STATE_LIMIT_BYTES, the memo grows to hold the quadrature
+points of the mean value as well (see `MatrixFreeKernels`)."""
 
 STATE_LIMIT_BYTES = 256 * 2**20
-"""Largest forward-pass state kept for Hessian-vector products; above it, each product
-repeats the forward pass rather than hold the memory."""
+"""Maximum memory that forward-pass states for Hessian-vector products may take; above it,
+each product repeats the forward pass rather than hold the memory."""
 
 INCREMENTAL_KERNELS = (
     "coordinate_state",
@@ -101,12 +103,23 @@ class MatrixFreeKernels:
         points, weights = np.polynomial.legendre.leggauss(nodes)
         self.nodes = (points + 1.0) / 2.0
         self.weights = weights / 2.0
-        self._memo: dict[bytes, tuple[float, Vector]] = {}
+        self._memo: dict[bytes, tuple[float, Vector, np.ndarray | None]] = {}
         self._loss_memo: dict[bytes, float] = {}
         self._state: tuple[bytes, np.ndarray] | None = None
         width = getattr(kernels, "STATE_WIDTH", None)
         rows = len(self.data[0]) if self.data else 0
-        self._keeps_state = width is not None and rows * width * 8 <= STATE_LIMIT_BYTES
+        state_bytes = rows * (width or 0) * 8
+        self._keeps_state = width is not None and state_bytes <= STATE_LIMIT_BYTES
+        # Network kernels can return the forward pass with the gradient. Kept beside each
+        # memoised gradient, it spares the Hessian-vector products at that point their own
+        # forward pass: Gonzalez multiplies at the midpoint and the mean value at its
+        # quadrature points, whose gradients the discrete gradient needs anyway.
+        self._memo_size = MEMO_SIZE
+        self._fused = False
+        if width is not None and hasattr(kernels, "loss_gradient_state"):
+            capacity = max(MEMO_SIZE, nodes + 3)
+            if state_bytes * capacity <= STATE_LIMIT_BYTES:
+                self._memo_size, self._fused = capacity, True
 
     def _vector(self, value: Vector, label: str) -> Vector:
         array = np.ascontiguousarray(value, dtype=np.float64)
@@ -120,7 +133,8 @@ class MatrixFreeKernels:
         if key in self._memo:
             return self._memo[key][0]
         if key not in self._loss_memo:
-            _remember(self._loss_memo, key, float(self.kernels.loss(theta, *self.data)))
+            value = float(self.kernels.loss(theta, *self.data))
+            _remember(self._loss_memo, key, value, self._memo_size)
         return self._loss_memo[key]
 
     def loss_gradient(self, theta: Vector) -> tuple[float, Vector]:
@@ -128,10 +142,15 @@ class MatrixFreeKernels:
         theta = self._vector(theta, "theta")
         key = theta.tobytes()
         if key not in self._memo:
-            value, gradient = self.kernels.loss_gradient(theta, *self.data)
+            state = None
+            if self._fused:
+                value, gradient, state = self.kernels.loss_gradient_state(theta, *self.data)
+            else:
+                value, gradient = self.kernels.loss_gradient(theta, *self.data)
             gradient.setflags(write=False)
-            _remember(self._memo, key, (float(value), gradient))
-        return self._memo[key]
+            _remember(self._memo, key, (float(value), gradient, state), self._memo_size)
+        value, gradient, _ = self._memo[key]
+        return value, gradient
 
     def gradient(self, theta: Vector) -> Vector:
         return self.loss_gradient(theta)[1]
@@ -140,12 +159,16 @@ class MatrixFreeKernels:
         """Return the Hessian of the loss at theta times v.
 
         Network kernels keep the forward pass at the last theta, so a Krylov solve, which
-        multiplies many vectors at one point, runs it once.
+        multiplies many vectors at one point, runs it once, and not at all at a point
+        whose gradient is memoised with its forward pass.
         """
         theta, v = self._vector(theta, "theta"), self._vector(v, "v")
         if not self._keeps_state:
             return self.kernels.hvp(theta, v, *self.data)
         key = theta.tobytes()
+        memoised = self._memo.get(key)
+        if memoised is not None and memoised[2] is not None:
+            return self.kernels.hvp_from_state(theta, v, memoised[2], self.data[0])
         if self._state is None or self._state[0] != key:
             self._state = (key, self.kernels.hvp_state(theta, *self.data))
         return self.kernels.hvp_from_state(theta, v, self._state[1], self.data[0])
@@ -356,8 +379,8 @@ class CoordinateState:
         return int(k)
 
 
-def _remember(memo: dict, key: bytes, value: Any) -> None:
-    if len(memo) >= MEMO_SIZE:
+def _remember(memo: dict, key: bytes, value: Any, size: int) -> None:
+    if len(memo) >= size:
         del memo[next(iter(memo))]
     memo[key] = value
 

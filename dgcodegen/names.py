@@ -51,6 +51,7 @@ GENERATED_GLOBALS = frozenset(
         "N_OUTPUTS",
         "WEIGHT_DECAY",
         "loss_gradient",
+        "loss_gradient_state",
         "hvp",
         "hvp_state",
         "hvp_from_state",

@@ -154,6 +154,32 @@ def test_hvp_from_state_equals_hvp(compiled) -> None:
     assert np.array_equal(kernels.hvp(other, v), module.hvp(other, v, *kernels.data))
 
 
+def test_fused_state_matches_kernels(compiled) -> None:
+    # loss_gradient_state runs the pass of loss_gradient and writes what hvp_state writes,
+    # so all three results agree bit for bit. Products at a memoised point reuse its state.
+    network, kernels = compiled
+    module = kernels.kernels
+    theta = _point(network, 25)
+    value, gradient, state = module.loss_gradient_state(theta, *kernels.data)
+    expected_value, expected_gradient = module.loss_gradient(theta, *kernels.data)
+    assert value == expected_value
+    assert np.array_equal(gradient, expected_gradient)
+    assert np.array_equal(state, module.hvp_state(theta, *kernels.data))
+    columns = [name for name, _ in kernels.layout.columns]
+    bound = MatrixFreeKernels(module, kernels.layout, dict(zip(columns, kernels.data)))
+    assert bound._fused
+    bound.loss_gradient(theta)
+    calls = []
+    original = module.hvp_state
+    try:
+        module.hvp_state = lambda *args: calls.append(args) or original(*args)
+        v = np.random.default_rng(26).normal(size=network.size)
+        assert np.array_equal(bound.hvp(theta, v), module.hvp(theta, v, *kernels.data))
+    finally:
+        module.hvp_state = original
+    assert calls == []
+
+
 def test_hessian_is_symmetric(classifier) -> None:
     network, kernels = classifier
     hessian = kernels.hessian(_point(network, 3))

@@ -256,6 +256,72 @@ def _gradient_samples(theta, transposed, data_x, data_label, start, stop, acc):
 
 
 @numba.njit(**OPTIONS)
+def _gradient_state_samples(theta, transposed, data_x, data_label, start, stop, acc, state):
+    """Return the summed loss of rows start to stop - 1, add their gradient into acc and
+    write their forward pass into their rows of `state`."""
+    z1 = np.empty(16)
+    a1 = np.empty(16)
+    g1 = np.empty(16)
+    d1 = np.empty(16)
+    z2 = np.empty(10)
+    a2 = np.empty(10)
+    g2 = np.empty(10)
+    d2 = np.empty(10)
+
+    value = 0.0
+    for row in range(start, stop):
+        x_row = data_x[row]
+        for j in range(16):
+            z1[j] = theta[1024 + j]
+        for i in range(64):
+            entry = x_row[i]
+            base = 0 + i * 16
+            for j in range(16):
+                z1[j] += transposed[base + j] * entry
+        for j in range(16):
+            a1[j] = math.tanh(z1[j])
+        for j in range(10):
+            z2[j] = theta[1200 + j]
+        for i in range(16):
+            entry = a1[i]
+            base = 1040 + i * 10
+            for j in range(10):
+                z2[j] += transposed[base + j] * entry
+        for j in range(10):
+            a2[j] = z2[j]
+
+        value += _output_loss(a2, data_label, row, g2)
+        for j in range(16):
+            state[row, 0 + j] = z1[j]
+            state[row, 16 + j] = a1[j]
+        for j in range(10):
+            state[row, 32 + j] = z2[j]
+            state[row, 42 + j] = a2[j]
+        for k in range(N_OUTPUTS):
+            state[row, 52 + k] = g2[k]
+        for j in range(10):
+            d2[j] = g2[j] * (1.0)
+            acc[1200 + j] += d2[j]
+            base = 1040 + j * 16
+            for i in range(16):
+                acc[base + i] += d2[j] * a1[i]
+        for i in range(16):
+            g1[i] = 0.0
+        for j in range(10):
+            entry = d2[j]
+            base = 1040 + j * 16
+            for i in range(16):
+                g1[i] += theta[base + i] * entry
+        for j in range(16):
+            d1[j] = g1[j] * (1.0 - a1[j] * a1[j])
+            acc[1024 + j] += d1[j]
+            base = 0 + j * 64
+            for i in range(64):
+                acc[base + i] += d1[j] * x_row[i]
+    return value
+
+
+@numba.njit(**OPTIONS)
 def _hvp_samples(theta, transposed, v, v_transposed, data_x, data_label, start, stop, acc):
     """Add the Hessian of the loss of rows start to stop - 1 times v into acc."""
     z1 = np.empty(16)
@@ -520,6 +586,34 @@ def loss_gradient(theta, data_x, data_label):
         penalty += theta[k] * theta[k]
         gradient[k] += WEIGHT_DECAY * theta[k]
     return total + 0.5 * WEIGHT_DECAY * penalty, gradient
+
+
+@numba.njit(parallel=True, **OPTIONS)
+def loss_gradient_state(theta, data_x, data_label):
+    """Return the loss, its gradient and the forward pass that `hvp_from_state` reuses,
+    equal to `loss_gradient` and `hvp_state` at theta but from one pass over the data."""
+    n_samples = data_x.shape[0]
+    n_chunks = (n_samples + CHUNK - 1) // CHUNK
+    partial = np.zeros((n_chunks, N_PARAMETERS))
+    values = np.zeros(n_chunks)
+    transposed = _transpose(theta)
+    state = np.empty((n_samples, STATE_WIDTH))
+    for chunk in prange(n_chunks):
+        values[chunk] = _gradient_state_samples(theta, transposed, data_x, data_label, chunk * CHUNK, min(n_samples, (chunk + 1) * CHUNK), partial[chunk], state)
+    total = 0.0
+    gradient = np.zeros(N_PARAMETERS)
+    for chunk in range(n_chunks):
+        total += values[chunk]
+        for k in range(N_PARAMETERS):
+            gradient[k] += partial[chunk, k]
+    total /= n_samples
+    for k in range(N_PARAMETERS):
+        gradient[k] /= n_samples
+    penalty = 0.0
+    for k in range(N_PARAMETERS):
+        penalty += theta[k] * theta[k]
+        gradient[k] += WEIGHT_DECAY * theta[k]
+    return total + 0.5 * WEIGHT_DECAY * penalty, gradient, state
 
 
 @numba.njit(**OPTIONS)
