@@ -9,7 +9,8 @@ Both start from x = 0. They stop on the residual that the iteration updates, but
 true relative residual `|b - A x| / |b|` of the returned x, which costs one more operator
 application, because rounding can make the updated residual smaller than the true one.
 When the true residual misses the tolerance that the updated one met, the solver restarts
-from the returned x while iterations remain.
+from the returned x while iterations remain. A caller that checks the solution itself,
+as Newton does with its own residual, can pass `check=False` to skip that last product.
 
 The module imports only NumPy and sibling modules that do the same.
 """
@@ -48,7 +49,8 @@ class KrylovSolution:
         x: The approximate solution. It is finite even when the status is "non-finite".
         iterations: Operator applications, which are the Krylov iterations and the checks
             of the true residual `b - A x`, one after each CG run or GMRES cycle.
-        residual: True relative residual `|b - A x| / |b|` of `x`, 0.0 when b = 0.
+        residual: True relative residual `|b - A x| / |b|` of `x`, 0.0 when b = 0. A solve
+            with `check=False` that converged reports the updated residual instead.
         converged: True when `residual <= rtol` and no operator application returned a
             non-finite value.
         status: "converged"; "max_iterations" when the iteration limit was reached;
@@ -72,6 +74,7 @@ def conjugate_gradient(
     rtol: float,
     max_iterations: int,
     preconditioner: Operator | None = None,
+    check: bool = True,
 ) -> KrylovSolution:
     """Solve `A x = b` for symmetric positive definite A by preconditioned conjugate gradients.
 
@@ -89,9 +92,12 @@ def conjugate_gradient(
             true residual, one per restart and one at the end, are not counted here, but in
             `KrylovSolution.iterations`.
         preconditioner: `v -> M^-1 v` for a symmetric positive definite M, or None.
+        check: When False, a run whose updated residual meets rtol returns without
+            computing the true residual.
 
     Returns:
-        The solution with its true relative residual.
+        The solution with its true relative residual, or with the updated one when
+        `check` is False and the updated one met rtol.
 
     Raises:
         SpecError: an argument is invalid, or an operator returned an array of the wrong
@@ -106,11 +112,14 @@ def conjugate_gradient(
     steps = checks = 0
     status = "max_iterations"
     while residual_norm / b_norm > rtol and steps < max_iterations:
-        trial, used, stop = _cg_run(
+        trial, used, stop, updated = _cg_run(
             apply, preconditioner, x, residual, rtol * b_norm, max_iterations - steps
         )
         steps += used
         start_norm = residual_norm
+        if not check and stop == "converged" and trial is not None:
+            x, residual_norm, status = trial, updated, stop
+            break
         if trial is not None:
             checked, applications = _true_residual(apply, b, trial)
             checks += applications
@@ -138,24 +147,25 @@ def _cg_run(
     residual: np.ndarray,
     target: float,
     budget: int,
-) -> tuple[np.ndarray | None, int, str]:
+) -> tuple[np.ndarray | None, int, str, float]:
     """Run preconditioned CG from x and its true residual for at most `budget` iterations.
 
     The run stops early when the updated residual norm is at most `target`.
 
     Returns:
         The last iterate, or None when the run took no step, the number of operator
-        applications and the reason it stopped: "converged", "max_iterations",
-        "indefinite", "breakdown" or "non-finite".
+        applications, the reason it stopped ("converged", "max_iterations", "indefinite",
+        "breakdown" or "non-finite") and the updated residual norm of the last iterate.
     """
     r = residual
+    rr = float(r @ r)
     z = r if preconditioner is None else _call(preconditioner, r, "preconditioner")
     rz = float(r @ z)
     if not math.isfinite(rz):
-        return None, 0, "non-finite"
+        return None, 0, "non-finite", math.sqrt(rr)
     if rz <= 0.0:
         # r is nonzero here, so M is not positive definite.
-        return None, 0, "breakdown"
+        return None, 0, "breakdown", math.sqrt(rr)
 
     p = z
     current = x
@@ -166,21 +176,21 @@ def _cg_run(
         used += 1
         curvature = float(p @ ap)
         if not math.isfinite(curvature):
-            return iterate, used, "non-finite"
+            return iterate, used, "non-finite", math.sqrt(rr)
         if curvature <= 0.0:
-            return iterate, used, "indefinite"
+            return iterate, used, "indefinite", math.sqrt(rr)
         alpha = rz / curvature
         if not math.isfinite(alpha):
             # The curvature is so small that A is numerically singular along p.
-            return iterate, used, "breakdown"
+            return iterate, used, "breakdown", math.sqrt(rr)
         r = r - alpha * ap
         rr = float(r @ r)
         if not math.isfinite(rr):
-            return iterate, used, "non-finite"
+            return iterate, used, "non-finite", math.sqrt(rr)
         current = current + alpha * p
         iterate = current
         if math.sqrt(rr) <= target:
-            return iterate, used, "converged"
+            return iterate, used, "converged", math.sqrt(rr)
 
         if preconditioner is None:
             z, rz_next = r, rr
@@ -188,12 +198,12 @@ def _cg_run(
             z = _call(preconditioner, r, "preconditioner")
             rz_next = float(r @ z)
             if not math.isfinite(rz_next):
-                return iterate, used, "non-finite"
+                return iterate, used, "non-finite", math.sqrt(rr)
             if rz_next <= 0.0:
-                return iterate, used, "breakdown"
+                return iterate, used, "breakdown", math.sqrt(rr)
         p = z + (rz_next / rz) * p
         rz = rz_next
-    return iterate, used, "max_iterations"
+    return iterate, used, "max_iterations", math.sqrt(rr)
 
 
 def gmres(
@@ -203,6 +213,7 @@ def gmres(
     restart: int,
     max_iterations: int,
     preconditioner: Operator | None = None,
+    check: bool = True,
 ) -> KrylovSolution:
     """Solve `A x = b` by restarted GMRES with right preconditioning.
 
@@ -224,9 +235,12 @@ def gmres(
             of the restarts and the final check are not counted here, but in
             `KrylovSolution.iterations`.
         preconditioner: `v -> M^-1 v`, or None.
+        check: When False, a cycle whose least-squares residual meets rtol returns without
+            computing the true residual.
 
     Returns:
-        The solution with its true relative residual.
+        The solution with its true relative residual, or with the least-squares one when
+        `check` is False and the least-squares one met rtol.
 
     Raises:
         SpecError: an argument is invalid, or an operator returned an array of the wrong
@@ -243,10 +257,14 @@ def gmres(
     status = "max_iterations"
     while residual_norm / b_norm > rtol and steps < max_iterations:
         size = min(restart, max_iterations - steps)
-        correction, used, stop = _gmres_cycle(
+        correction, used, stop, estimate = _gmres_cycle(
             apply, preconditioner, residual, residual_norm, rtol * b_norm, size
         )
         steps += used
+        met = correction is not None and stop is None and estimate <= rtol * b_norm
+        if not check and met and np.isfinite(correction).all():
+            x, residual_norm, status = x + correction, estimate, "converged"
+            break
         if correction is not None:
             trial = x + correction
             checked, applications = _true_residual(apply, b, trial)
@@ -271,7 +289,7 @@ def _gmres_cycle(
     residual_norm: float,
     target: float,
     size: int,
-) -> tuple[np.ndarray | None, int, str | None]:
+) -> tuple[np.ndarray | None, int, str | None, float]:
     """Run one GMRES cycle of at most `size` iterations from the true residual.
 
     The cycle ends early when the residual norm of the least-squares problem is at most
@@ -279,7 +297,8 @@ def _gmres_cycle(
 
     Returns:
         The correction to x, or None when no direction was usable, the number of operator
-        applications, and "breakdown" or "non-finite" when the cycle hit one, else None.
+        applications, "breakdown" or "non-finite" when the cycle hit one, else None, and
+        the residual norm of the least-squares problem.
     """
     basis = np.empty((size + 1, residual.size))
     basis[0] = residual / residual_norm
@@ -328,13 +347,14 @@ def _gmres_cycle(
         basis[j + 1] = w / next_norm
 
     count = len(columns)
+    estimate = abs(rhs[count])
     if count == 0:
-        return None, used, stop
+        return None, used, stop, estimate
     coefficients = _back_substitute(columns, rhs[:count])
     correction = coefficients @ basis[:count]
     if preconditioner is not None:
         correction = _call(preconditioner, correction, "preconditioner")
-    return correction, used, stop
+    return correction, used, stop, estimate
 
 
 def _orthogonalize(

@@ -273,6 +273,43 @@ def test_reported_residual_is_true(solver: str) -> None:
         assert solution.status == "max_iterations"
 
 
+@pytest.mark.parametrize("restart", [40, 5])
+@pytest.mark.parametrize("solver", ["cg", "gmres"])
+def test_unchecked_solve_skips_last_product(solver: str, restart: int) -> None:
+    # check=False returns the same iterate one product sooner. The updated residual it
+    # reports meets rtol and is close to the true one, because the solve is short.
+    matrix = _gonzalez_like(120, 10.0, seed=30) if solver == "gmres" else _spd(120, 1e3, seed=30)
+    b = np.random.default_rng(31).normal(size=120)
+    solutions = {}
+    for check in (True, False):
+        operator = CountingOperator(matrix)
+        if solver == "cg":
+            solution = conjugate_gradient(operator, b, 1e-3, 200, check=check)
+        else:
+            solution = gmres(operator, b, 1e-3, restart, 200, check=check)
+        assert solution.iterations == operator.calls
+        assert solution.converged
+        solutions[check] = solution
+    checked, unchecked = solutions[True], solutions[False]
+    assert unchecked.iterations == checked.iterations - 1
+    assert np.array_equal(unchecked.x, checked.x)
+    assert unchecked.residual <= 1e-3
+    assert unchecked.residual == pytest.approx(_true_residual(matrix, b, unchecked.x), rel=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["cg", "gmres"])
+def test_unchecked_solve_reports_failure(solver: str) -> None:
+    # Without convergence the true residual is still computed and reported.
+    matrix = _spd(100, 1e4, seed=8)
+    b = np.random.default_rng(9).normal(size=100)
+    if solver == "cg":
+        solution = conjugate_gradient(CountingOperator(matrix), b, 1e-10, 3, check=False)
+    else:
+        solution = gmres(CountingOperator(matrix), b, 1e-10, 8, 3, check=False)
+    _check_solution(solution, matrix, b, 1e-10)
+    assert solution.status == "max_iterations"
+
+
 @pytest.mark.parametrize("rtol", [1e-13, 1e-15])
 @pytest.mark.parametrize("solver", ["cg", "gmres"])
 def test_rtol_below_attainable_accuracy(solver: str, rtol: float) -> None:
