@@ -121,3 +121,16 @@ def test_report_keeps_unmarked_introduction(tmp_path):
     assert "Older introduction." in text
     assert report.INTRO_START in text
     assert "## Kepler problem\n\ntable" in text
+
+
+def test_checkpoints_use_adam_running_minimum():
+    from benchmarks.networks import TrainingRow, checkpoints
+
+    adam = TrainingRow("Adam", 4.0, 4, 0.5, 0.9, False, "", [0, 1, 2, 3, 4], [5, 3, 4, 1, 0.5])
+    other = TrainingRow("DG", None, 2, 2.0, 0.9, True, "", [0, 1.5, 3.0], [5, 2.5, 2.0])
+    points = checkpoints([adam, other])
+    # At 2 of 4 steps Adam's lowest loss is 3 (step 1, reached at 1 s), not its loss 4.
+    assert [point.steps for point in points] == [1, 2, 3, 4]
+    assert [point.loss for point in points] == [3, 3, 1, 0.5]
+    assert [point.adam_seconds for point in points] == [1, 1, 3, 4]
+    assert [point.seconds for point in points] == [[1.5], [1.5], [None], [None]]
