@@ -27,6 +27,13 @@ log = logging.getLogger("dgcodegen.benchmarks")
 SECTIONS = ("kernels", "optimisers", "sweep", "kepler", "networks")
 """Sections of the report; "kepler" and "networks" come from modules of their own."""
 
+TARGET_PREFIXES = {
+    "kernels": "- generated loss and gradient",
+    "optimisers": "- fastest discrete gradient",
+    "networks": "- digits network",
+}
+"""Start of the lines each section adds to the Targets list, so partial runs keep the others."""
+
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
@@ -141,13 +148,30 @@ def main(argv: list[str] | None = None) -> int:
     extra = extra_sections(
         [name for name in ("kepler", "networks") if name in args.sections], quick
     )
+    targets += [
+        line for section in extra for line in section.splitlines()
+        if line.startswith(TARGET_PREFIXES["networks"])
+    ]  # fmt: skip
 
+    partial = set(args.sections) != set(SECTIONS)
+    if partial:
+        targets = kept_targets(report.previous_targets(out), args.sections) + targets
     summary = "## Targets\n\n" + ("\n".join(targets) if targets else "No target was measured.")
     sections.insert(0, summary)
     sections.insert(0, machine_section(load))
-    report.write(out, command, sections, extra)
+    report.write(out, command, sections, extra, partial=partial)
     log.info("wrote %s in %.0f s", out, time.perf_counter() - started)
     return 0
+
+
+def kept_targets(previous: list[str], refreshed: list[str]) -> list[str]:
+    """Return the lines of `previous` that belong to sections not in `refreshed`."""
+    remaining = []
+    for line in previous:
+        owners = [name for name, prefix in TARGET_PREFIXES.items() if line.startswith(prefix)]
+        if owners and owners[0] not in refreshed:
+            remaining.append(line)
+    return remaining
 
 
 def _dg_target(results: list) -> str:
