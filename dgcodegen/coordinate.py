@@ -31,21 +31,42 @@ MAX_SCALAR_ITERATIONS = 200
 
 
 def _solve_coordinate(
-    psi: Callable[[float], float], start: float, slope: float, tolerance: float
+    psi: Callable[[float], float],
+    start: float,
+    slope: float,
+    tolerance: float,
+    tau: float | None = None,
 ) -> tuple[float, int]:
-    """Return the root of `psi` beside `start` on the side opposite to `slope`'s sign."""
+    """Return the root of `psi` beside `start` on the side opposite to `slope`'s sign.
+
+    The bracket search first tries the explicit Euler point `start - tau * slope`. When
+    the loss is convex along the coordinate, the secant slope there is at most the slope
+    at `start` in size, so psi changes sign within that distance. Otherwise the width
+    doubles until it does. A try where psi is not finite, such as beyond a barrier of the
+    loss, retreats halfway to the last finite point instead.
+    """
     if slope == 0.0:
         return start, 0
     direction = -math.copysign(1.0, slope)
     low, f_low = start, slope
-    width = max(1e-8, 1e-8 * abs(start))
+    floor = max(1e-8, 1e-8 * abs(start))
+    width = floor
+    if tau is not None and math.isfinite(tau * slope):
+        width = max(floor, tau * abs(slope))
     iterations = 0
     for _ in range(MAX_BRACKET_DOUBLINGS):
         high = start + direction * width
         f_high = psi(high)
         iterations += 1
         if not math.isfinite(f_high):
-            raise SolverError(f"non-finite Itoh-Abe quotient at t = {high!r}")
+            if abs(high - low) <= floor:
+                raise SolverError(
+                    f"the Itoh-Abe quotient is not finite at t = {high!r}, within {floor:.1e} "
+                    f"of the last finite point {low!r}. Check that the loss is finite along "
+                    "coordinate moves from the starting point."
+                )
+            width = 0.5 * (abs(low - start) + width)
+            continue
         if math.copysign(1.0, f_high) != math.copysign(1.0, f_low) or f_high == 0.0:
             break
         low, f_low = high, f_high
@@ -117,7 +138,7 @@ def coordinate_step(
 
         slope = quotient(point, k, float(point[k]))
         scale = tolerance * max(1.0, abs(x[k]))
-        root, count = _solve_coordinate(psi, x[k], slope, scale)
+        root, count = _solve_coordinate(psi, x[k], slope, scale, tau)
         evaluations += count + 1
         residual = max(residual, abs(root - x[k] + tau * quotient(point, k, root)))
         point = point.copy()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dgcodegen.coordinate import (
+    _solve_coordinate,
     coordinate_descent,
     coordinate_step,
     quotient_from_discrete_gradient,
@@ -61,3 +62,52 @@ def test_coordinate_step_unbounded_raises() -> None:
 
     with pytest.raises(SolverError, match="unbounded below"):
         coordinate_step(quotient_from_discrete_gradient(concave_dg), np.zeros(2), 10.0, 1e-15)
+
+
+def _count_quotient(loss):
+    """Return the forward Itoh-Abe quotient of a one-coordinate loss and its call counter."""
+    calls = []
+
+    def quotient(point: np.ndarray, k: int, t: float) -> float:
+        calls.append(t)
+        h = t - point[k]
+        if h == 0.0:
+            step = 1e-6
+            return (loss(point[k] + step) - loss(point[k] - step)) / (2 * step)
+        return (loss(t) - loss(point[k])) / h
+
+    return quotient, calls
+
+
+@pytest.mark.parametrize("tau", [1e-3, 1.0, 1e3])
+def test_convex_bracket_first_try(tau: float) -> None:
+    # On a convex coordinate the Euler point x - tau V'(x) brackets the root, so the first
+    # try is that point and no doubling from a tiny width is needed.
+    def loss(t: float) -> float:
+        return t**4 / 4 + t * t / 2
+
+    quotient, calls = _count_quotient(loss)
+    y, evaluations, residual = coordinate_step(quotient, np.array([2.0]), tau, 1e-15)
+    quotient, _ = _count_quotient(loss)
+    _, doubled = _solve_coordinate(
+        lambda t: quotient(np.array([2.0]), 0, t) + (t - 2.0) / tau, 2.0, 10.0, 1e-15
+    )
+    assert residual <= 1e-12
+    assert 2.0 - tau * 10.0 <= y[0] < 2.0
+    assert calls[1] == pytest.approx(2.0 - tau * 10.0, rel=1e-9)
+    assert evaluations - 1 < doubled
+
+
+def test_bracket_retreats_from_barrier() -> None:
+    # V = -log(1 - t) + t^2 is finite only for t < 1. From x = -3 with tau = 10 the Euler
+    # point is far beyond the barrier, so the search retreats and finds the root before it.
+    def loss(t: float) -> float:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return -np.log(1.0 - t) + t * t if t < 1.0 else np.nan
+
+    quotient, _ = _count_quotient(loss)
+    x = np.array([-3.0])
+    y, _, residual = coordinate_step(quotient, x, 10.0, 1e-15)
+    assert residual <= 1e-12
+    assert x[0] < y[0] < 1.0
+    assert loss(y[0]) < loss(x[0])
