@@ -291,6 +291,7 @@ def newton_krylov_descent(
     started = time.perf_counter()
     x = np.array(x0, dtype=float)
     value, gradient = problem.loss_gradient(x)
+    initial_loss = float(value)
     gradient_norm = float(np.linalg.norm(gradient))
     if not (math.isfinite(value) and math.isfinite(gradient_norm)):
         raise SolverError(
@@ -350,5 +351,13 @@ def newton_krylov_descent(
         message,
     )  # fmt: skip
     return KrylovResult(
-        x, value, gradient_norm, converged, steps, message, history, krylov_iterations
+        x,
+        value,
+        gradient_norm,
+        converged,
+        steps,
+        message,
+        history,
+        initial_loss,
+        krylov_iterations,
     )

@@ -98,6 +98,13 @@ def test_solve_rosenbrock_json_keys(rosenbrock_run: tuple[int, dict]) -> None:
     assert document["converged"] is True
 
 
+def test_solve_rosenbrock_initial_loss(rosenbrock_run: tuple[int, dict]) -> None:
+    # The spec starts at (-1.2, 1), where 100 (1 - 1.44)^2 + 2.2^2 = 24.2.
+    _, document = rosenbrock_run
+    assert document["initial_loss"] == pytest.approx(24.2, rel=1e-14)
+    assert document["history"]["loss"][0] < document["initial_loss"]
+
+
 def test_solve_rosenbrock_reaches_minimum(rosenbrock_run: tuple[int, dict]) -> None:
     _, document = rosenbrock_run
     x = document["parameters"]["x"]

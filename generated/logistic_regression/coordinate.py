@@ -170,6 +170,7 @@ def coordinate_descent(
     started = time.perf_counter()
     x = np.array(x0, dtype=float)
     value = float(loss(x))
+    initial_loss = value
     gradient_norm = float(np.linalg.norm(gradient(x)))
     threshold = options.tol * max(1.0, gradient_norm)
     history = History()
@@ -207,4 +208,7 @@ def coordinate_descent(
         len(history.loss),
         message,
     )
-    return SolveResult(x, value, gradient_norm, converged, len(history.loss), message, history)
+    steps = len(history.loss)
+    return SolveResult(
+        x, value, gradient_norm, converged, steps, message, history, initial_loss
+    )

@@ -168,7 +168,10 @@ class History:
 
 @dataclass
 class SolveResult:
-    """Outcome of `discrete_gradient_descent`: the final point and how the run ended."""
+    """Outcome of `discrete_gradient_descent`: the final point and how the run ended.
+
+    `loss` is the loss at `x`, and `initial_loss` the loss at the starting point.
+    """
 
     x: np.ndarray
     loss: float
@@ -177,6 +180,7 @@ class SolveResult:
     steps: int
     message: str
     history: History
+    initial_loss: float
 
 
 @dataclass
@@ -448,6 +452,7 @@ def discrete_gradient_descent(
     if x.ndim != 1:
         raise SpecError(f"invalid x0 shape {x.shape}: expected a 1-D parameter vector")
     value = float(loss(x))
+    initial_loss = value
     current_gradient = np.asarray(gradient(x), dtype=float)
     gradient_norm = _norm(current_gradient)
     if not (math.isfinite(value) and math.isfinite(gradient_norm)):
@@ -492,7 +497,9 @@ def discrete_gradient_descent(
         "discrete gradient descent finished in %.3f s after %d steps and %d rejected tries (%s)",
         time.perf_counter() - start, steps, sum(history.rejected), message,
     )  # fmt: skip
-    return SolveResult(x, value, gradient_norm, converged, steps, message, history)
+    return SolveResult(
+        x, value, gradient_norm, converged, steps, message, history, initial_loss
+    )
 
 
 def _end_message(

@@ -176,6 +176,7 @@ def report(
         "tol": options.tol,
         "newton_rtol": options.relative_tolerance(DENSE_NEWTON_RTOL),
         "parameters": parameters,
+        "initial_loss": result.initial_loss,
         "loss": result.loss,
         "gradient_norm": result.gradient_norm,
         "converged": result.converged,
