@@ -111,3 +111,29 @@ def test_bracket_retreats_from_barrier() -> None:
     assert residual <= 1e-12
     assert x[0] < y[0] < 1.0
     assert loss(y[0]) < loss(x[0])
+
+
+def test_coordinate_end_message_matches_newton(rosenbrock) -> None:
+    # Out of steps, both solvers name the step limit and the threshold the same way.
+    options = StepperOptions(step=0.01, max_steps=3, tol=1e-13)
+    start = rosenbrock.problem.initial_point
+    coordinate = coordinate_descent(
+        rosenbrock.loss,
+        rosenbrock.gradient,
+        rosenbrock.discrete_gradient("itoh-abe"),
+        start,
+        options,
+    )
+    newton = discrete_gradient_descent(
+        rosenbrock.loss,
+        rosenbrock.gradient,
+        rosenbrock.discrete_gradient("itoh-abe"),
+        rosenbrock.jacobian("itoh-abe"),
+        start,
+        options,
+    )
+    prefix = "max_steps = 3 reached before convergence: gradient norm"
+    assert coordinate.message.startswith(prefix)
+    assert newton.message.startswith(prefix)
+    assert coordinate.message.split(" > ")[1] == newton.message.split(" > ")[1]
+    assert coordinate.initial_loss == newton.initial_loss

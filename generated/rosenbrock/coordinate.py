@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import SolverError
-from .stepper import History, SolveResult, StepperOptions
+from .stepper import History, SolveResult, StepperOptions, _end_message
 
 log = logging.getLogger("dgcodegen")
 
@@ -172,7 +172,9 @@ def coordinate_descent(
     value = float(loss(x))
     initial_loss = value
     gradient_norm = float(np.linalg.norm(gradient(x)))
+    initial_gradient_norm = gradient_norm
     threshold = options.tol * max(1.0, gradient_norm)
+    stalled = False
     history = History()
     tau = options.step
     tolerance = 1e-15
@@ -197,10 +199,8 @@ def coordinate_descent(
         if stalled:
             break
     converged = gradient_norm <= threshold
-    message = (
-        f"converged: gradient norm {gradient_norm:.3e}"
-        if converged
-        else f"stopped after {len(history.loss)} steps with gradient norm {gradient_norm:.3e}"
+    message = _end_message(
+        converged, stalled, gradient_norm, initial_gradient_norm, history, options
     )
     log.info(
         "coordinate-wise Itoh-Abe finished in %.3f s after %d steps (%s)",
