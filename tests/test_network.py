@@ -86,6 +86,18 @@ def regression() -> tuple[dg.Network, MatrixFreeKernels]:
     return network, compile_network(network)
 
 
+def test_network_data_width_error() -> None:
+    # A network declares its input width through its first layer, so the message names the
+    # width per sample rather than a dg.data call the spec does not contain.
+    data = _classifier_data()
+    data["x"] = data["x"][:, :3]
+    with pytest.raises(SpecError, match="data for 'x' has shape") as error:
+        dg.Network([dg.Dense(4, 3)], data=data, name="test_width")
+    assert "expected (n_samples, 4)" in str(error.value)
+    assert "4 entries per sample" in str(error.value)
+    assert "dg.data" not in str(error.value)
+
+
 @pytest.fixture(params=["classifier", "regression"])
 def compiled(request) -> tuple[dg.Network, MatrixFreeKernels]:
     return request.getfixturevalue(request.param)
