@@ -21,10 +21,12 @@ them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sympy as sp
 
@@ -37,6 +39,7 @@ from .emit import (
     _layout_literals,
     _runtime_copies,
     environment,
+    template_directory,
 )
 from .errors import CodegenError
 from .functions import sigmoid, softplus
@@ -373,14 +376,99 @@ def _term_literals(term: LoweredTerm) -> dict[str, object]:
     }
 
 
+RENDER_CACHE_FOLDER = "reverse-renders"
+"""Folder under the kernel cache (`runtime.cache_directory`) that contains rendered files."""
+
+
+def expression_digest(expressions: list[sp.Basic]) -> str:
+    """Return a SHA-256 digest of SymPy expressions that is the same in every process.
+
+    Each distinct subexpression is hashed once, from its class name and its arguments'
+    digests, so shared subexpressions cost nothing more. `sp.srepr` of the digits loss
+    of `examples/mlp_sympy.py` repeats them and took 6.5 s.
+    """
+    memo: dict[sp.Basic, str] = {}
+    for root in expressions:
+        stack = [root]
+        while stack:
+            expr = stack[-1]
+            if expr in memo:
+                stack.pop()
+                continue
+            pending = [arg for arg in expr.args if arg not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            if expr.args:
+                text = f"{type(expr).__name__}({','.join(memo[arg] for arg in expr.args)})"
+            else:
+                text = sp.srepr(expr)
+            memo[expr] = hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256("|".join(memo[root] for root in expressions).encode()).hexdigest()
+
+
+def _code_digest() -> str:
+    """Return a digest of dgcodegen's modules and templates, which determine the rendering."""
+    templates = [path for path in sorted(template_directory().glob("*")) if path.is_file()]
+    paths = sorted(Path(__file__).parent.glob("*.py")) + templates
+    digest = hashlib.sha256(__version__.encode())
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def render_cache_key(problem: Loss) -> str:
+    """Return the key of a loss's rendered package: its terms, layout and dgcodegen's code."""
+    parts = [
+        _code_digest(),
+        problem.reduction,
+        expression_digest([problem.sample_term, problem.free_term]),
+        repr([(d.name, d.shape, d.kind) for d in problem.parameters + problem.columns]),
+        repr(problem.layout),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _cached_render(problem: Loss) -> dict[str, str]:
+    """Return the rendered files of a loss from the render cache, deriving them on a miss.
+
+    Derivation and rendering took 4.8 s of a 10 s start of `examples/mlp_sympy.py` with
+    compiled kernels in Numba's cache. A cache folder that cannot be written only costs
+    the saving.
+    """
+    from .files import write_atomic
+    from .runtime import cache_directory
+
+    started = time.perf_counter()
+    path = cache_directory() / RENDER_CACHE_FOLDER / f"{render_cache_key(problem)}.json"
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        files = None
+    if isinstance(files, dict) and all(isinstance(v, str) for v in files.values()):
+        elapsed = time.perf_counter() - started
+        log.info("loaded the rendered kernels from %s in %.2f s", path, elapsed)
+        return files
+    files = render_matrix_free(problem, derive_reverse(problem))
+    try:
+        write_atomic(path, json.dumps(files))
+    except OSError as error:
+        log.warning("cannot keep the rendered kernels in %s: %s", path.parent, error)
+    return files
+
+
 def render_matrix_free(
     problem: Loss, derivation: ReverseDerivation | None = None
 ) -> dict[str, str]:
     """Render the kernels, layout and `__init__` of a loss's matrix-free package, by file name.
 
-    Like a network's package, it has no `__main__`: its discrete gradients and Newton-Krylov
-    solver come from `dgcodegen.matrix_free` and `dgcodegen.krylov`, which need SciPy.
+    Without a derivation, the files come from the render cache when an earlier run rendered
+    the same loss with the same dgcodegen code (see `render_cache_key`).
     """
+    if derivation is None:
+        return _cached_render(problem)
     derivation = derivation or derive_reverse(problem)
     started = time.perf_counter()
     terms = {

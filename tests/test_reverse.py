@@ -375,3 +375,50 @@ def test_generated_source_ignores_hash_seed() -> None:
         assert completed.returncode == 0, completed.stderr
         sources.append(completed.stdout)
     assert sources[0] == sources[1]
+
+
+def test_render_cache_reuses_rendering(tmp_path, monkeypatch) -> None:
+    # The second rendering of the same loss reads the cache instead of deriving again, and
+    # gives the same files; a changed loss or a corrupt entry renders afresh.
+    from dgcodegen import reverse_emit
+
+    monkeypatch.setenv("DGCODEGEN_CACHE", str(tmp_path))
+    problem = _function_loss("mean")
+    derivations = []
+    original = reverse_emit.derive_reverse
+
+    def counting(loss: dg.Loss):
+        derivations.append(loss.name)
+        return original(loss)
+
+    monkeypatch.setattr(reverse_emit, "derive_reverse", counting)
+    first = reverse_emit.render_matrix_free(problem)
+    second = reverse_emit.render_matrix_free(problem)
+    assert second == first
+    assert derivations == ["functions_mean"]
+    entries = list((tmp_path / reverse_emit.RENDER_CACHE_FOLDER).iterdir())
+    assert len(entries) == 1
+
+    entries[0].write_text("{not json", encoding="utf-8")
+    assert reverse_emit.render_matrix_free(problem) == first
+    assert len(derivations) == 2
+
+    assert reverse_emit.render_cache_key(_function_loss("sum")) != entries[0].stem
+
+
+def test_render_cache_key_ignores_hash_seed() -> None:
+    # The key must be equal in every process, whatever PYTHONHASHSEED randomises.
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_reverse; "
+        "from dgcodegen.reverse_emit import render_cache_key; "
+        "print(render_cache_key(test_reverse._function_loss('mean')))"
+    )
+    keys = set()
+    for seed in ("1", "2"):
+        environment = {**os.environ, "PYTHONHASHSEED": seed}
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(Path(__file__).parent)],
+            env=environment, capture_output=True, text=True, check=True, timeout=300,
+        )  # fmt: skip
+        keys.add(result.stdout.strip().splitlines()[-1])
+    assert len(keys) == 1
