@@ -379,6 +379,10 @@ def _term_literals(term: LoweredTerm) -> dict[str, object]:
 RENDER_CACHE_FOLDER = "reverse-renders"
 """Folder under the kernel cache (`runtime.cache_directory`) that contains rendered files."""
 
+RENDER_CACHE_SIZE = 16
+"""Renderings kept in the cache folder. Every change of a loss or of dgcodegen's code adds
+one, about 1 MB for `examples/mlp_sympy.py`, and the oldest go first."""
+
 
 def expression_digest(expressions: list[sp.Basic]) -> str:
     """Return a SHA-256 digest of SymPy expressions that is the same in every process.
@@ -454,9 +458,17 @@ def _cached_render(problem: Loss) -> dict[str, str]:
     files = render_matrix_free(problem, derive_reverse(problem))
     try:
         write_atomic(path, json.dumps(files))
+        _prune(path.parent)
     except OSError as error:
         log.warning("cannot keep the rendered kernels in %s: %s", path.parent, error)
     return files
+
+
+def _prune(folder: Path) -> None:
+    """Delete all but the RENDER_CACHE_SIZE most recently written renderings in `folder`."""
+    entries = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for stale in entries[RENDER_CACHE_SIZE:]:
+        stale.unlink(missing_ok=True)
 
 
 def render_matrix_free(
