@@ -207,6 +207,4 @@ def coordinate_descent(
         message,
     )
     steps = len(history.loss)
-    return SolveResult(
-        x, value, gradient_norm, converged, steps, message, history, initial_loss
-    )
+    return SolveResult(x, value, gradient_norm, converged, steps, message, history, initial_loss)

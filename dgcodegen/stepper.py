@@ -495,9 +495,7 @@ def discrete_gradient_descent(
         "discrete gradient descent finished in %.3f s after %d steps and %d rejected tries (%s)",
         time.perf_counter() - start, steps, sum(history.rejected), message,
     )  # fmt: skip
-    return SolveResult(
-        x, value, gradient_norm, converged, steps, message, history, initial_loss
-    )
+    return SolveResult(x, value, gradient_norm, converged, steps, message, history, initial_loss)
 
 
 def _end_message(

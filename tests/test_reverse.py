@@ -408,7 +408,9 @@ def test_render_cache_reuses_rendering(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(reverse_emit, "RENDER_CACHE_SIZE", 1)
     reverse_emit.render_matrix_free(_function_loss("sum"))
     remaining = list((tmp_path / reverse_emit.RENDER_CACHE_FOLDER).iterdir())
-    assert [path.stem for path in remaining] == [reverse_emit.render_cache_key(_function_loss("sum"))]
+    assert [path.stem for path in remaining] == [
+        reverse_emit.render_cache_key(_function_loss("sum"))
+    ]
 
 
 def test_render_cache_key_ignores_hash_seed() -> None:
