@@ -158,13 +158,12 @@ def _generate(args: argparse.Namespace) -> int:
     directory = generate(problem, out, reverse=reverse)
     if isinstance(problem, Network):
         print(f"wrote the kernels of the network {problem.name!r} to {directory}")
-        return 0
-    if reverse:
+    elif reverse:
         print(f"wrote the reverse-mode kernels of the loss {problem.name!r} to {directory}")
-        return 0
-    print(f"wrote the standalone solver package of {problem.name!r} to {directory}")
+    else:
+        print(f"wrote the standalone solver package of {problem.name!r} to {directory}")
     if directory.name.isidentifier():
-        data = " --data FILE.csv" if problem.has_data else ""
+        data = " --data FILE.csv" if problem.layout.has_data else ""
         print(f"run it with: cd {directory.parent} && python -m {directory.name}{data} --step TAU")
     else:
         log.warning(

@@ -114,8 +114,7 @@ def _runtime_copies(names: tuple[str, ...], spec_hash: str) -> dict[str, str]:
 def render_network(network: Network) -> dict[str, str]:
     """Render the kernels, layout and `__init__` of a network's package.
 
-    The package has no `__main__`: its discrete gradients and Newton-Krylov solver come
-    from `dgcodegen.matrix_free` and `dgcodegen.krylov`, which need SciPy.
+    `runtime.render_files` adds the `__main__` and the copies of the solver modules.
     """
     spec_hash = network.fingerprint()
     header = {"generated_line": GENERATED_LINE, "version": __version__, "spec_hash": spec_hash}
@@ -143,7 +142,7 @@ def render_network(network: Network) -> dict[str, str]:
             "from .problem import LAYOUT  # noqa: F401\n"
         ),
     }
-    # problem.py needs Layout; the solvers stay in dgcodegen because they need SciPy.
+    # problem.py needs Layout; `runtime.render_files` copies the solver modules.
     files.update(_runtime_copies(("errors", "layout"), spec_hash))
     _check_syntax(files)
     return files

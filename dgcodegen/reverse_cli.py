@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 from .dsl import Loss
 from .errors import SpecError
-from .krylov import DENSE_NEWTON_LIMIT, KrylovOptions
-from .matrix_free import MATRIX_FREE_METHODS
-from .network_cli import matrix_free_report, train_network
+from .krylov import DENSE_NEWTON_LIMIT
+from .network_cli import TRAINING_METHODS, run_matrix_free
 from .stepper import StepperOptions
-from .training import EXIT_NOT_CONVERGED, write_json
 
 log = logging.getLogger("dgcodegen")
 
 KERNEL_CHOICES = ("auto", "dense", "reverse")
-REVERSE_METHODS = (*MATRIX_FREE_METHODS, "itoh-abe")
 
 
 def add_kernel_arguments(solve: argparse.ArgumentParser) -> None:
@@ -71,22 +67,11 @@ def solve_reverse(
     """Run `dgcodegen solve` on a loss with reverse-mode kernels and return the exit code."""
     from .runtime import compile_matrix_free
 
-    if args.method not in REVERSE_METHODS:
+    if args.method not in TRAINING_METHODS:
         raise SpecError(
             f"--method {args.method} needs the dense kernels; with reverse-mode kernels choose "
-            f"one of {', '.join(REVERSE_METHODS)}, or pass --kernels dense"
+            f"one of {', '.join(TRAINING_METHODS)}, or pass --kernels dense"
         )
     data = problem.layout.read_data(args.data) if args.data else None
     bound = compile_matrix_free(problem, data, args.out, show_progress)
-    krylov = KrylovOptions(preconditioner=args.preconditioner)
-    started = time.perf_counter()
-    result, solver = train_network(bound, args.method, options, args.linear_solver, krylov)
-    log.info("trained %r in %.2f s", problem.name, time.perf_counter() - started)
-    document = matrix_free_report(problem.layout, args.method, options, result, solver)
-    document["kernels"] = "reverse"
-    print(f"{problem.name}: {result.message}")
-    print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
-    if args.json:
-        write_json(document, args.json)
-        print(f"wrote {args.json}")
-    return 0 if result.converged else EXIT_NOT_CONVERGED
+    return run_matrix_free(bound, args, options, entries={"kernels": "reverse"})

@@ -20,9 +20,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import __version__
 from .dsl import Loss
-from .emit import render, render_network, write_package
-from .errors import SpecError
+from .emit import (
+    GENERATED_LINE,
+    RUNTIME_MODULES,
+    _check_syntax,
+    _runtime_copies,
+    environment,
+    render,
+    render_network,
+    write_package,
+)
+from .errors import InternalError, SpecError
+from .layout import Layout
 from .lower import lower
 from .matrix_free import MatrixFreeKernels
 from .network import Network
@@ -30,6 +41,21 @@ from .progress import progress
 from .training import METHODS, BoundKernels
 
 log = logging.getLogger("dgcodegen")
+
+MATRIX_FREE_MAIN_TEMPLATE = "matrix_free_main.py.jinja"
+
+MATRIX_FREE_RUNTIME_MODULES = (
+    *RUNTIME_MODULES,
+    "linear",
+    "matrix_free",
+    "krylov",
+    "network_cli",
+)
+"""Modules of dgcodegen that network and reverse-mode packages get a copy of, with a header.
+
+Each imports at module level only NumPy, the standard library and modules earlier in this
+list, so the package's `__main__` runs where neither SymPy nor dgcodegen is installed.
+"""
 
 
 def cache_directory() -> Path:
@@ -47,15 +73,17 @@ def render_files(
     """Render the generated package of a `Loss`, `System` or `Network`, by file name.
 
     With `reverse`, a `Loss` gets the reverse-mode kernels of `reverse_emit.py` in place of
-    the dense kernels and standalone solver; None picks them above DENSE_NEWTON_LIMIT
-    parameters, as `solve` and `generate` do.
+    the dense kernels; None picks them above DENSE_NEWTON_LIMIT parameters, as `solve` and
+    `generate` do. Packages of a `Loss` or a `Network` get a `__main__` that trains the
+    problem with only NumPy and Numba installed.
     """
     from .integrate import render_system
     from .reverse_cli import pick_kernels
     from .system import System
 
     if isinstance(problem, Network):
-        return render_network(problem)
+        classes = problem.layers[-1].outputs if problem.loss == "softmax_cross_entropy" else None
+        return _add_matrix_free_main(render_network(problem), problem.layout, "network", classes)
     if isinstance(problem, System):
         return render_system(problem)
     if reverse is None:
@@ -63,9 +91,47 @@ def render_files(
     if reverse:
         from .reverse_emit import render_matrix_free
 
-        return render_matrix_free(problem)
+        return _add_matrix_free_main(render_matrix_free(problem), problem.layout, "loss", None)
     module = lower(problem, show_progress=show_progress)
     return render(module, problem.fingerprint(), problem.layout)
+
+
+def _add_matrix_free_main(
+    files: dict[str, str], layout: Layout, kind: str, classes: int | None
+) -> dict[str, str]:
+    """Add a `__main__` and the runtime modules it needs to a network or reverse-mode package.
+
+    Args:
+        files: the rendered kernels, layout and `__init__` of the package, by file name.
+        layout: names, shapes and starting point of the problem.
+        kind: "network" or "loss" (a loss with reverse-mode kernels).
+        classes: outputs of a softmax cross-entropy network, whose labels `__main__` checks;
+            None for other problems.
+    """
+    spec_hash = _spec_hash(files["__init__.py"])
+    header = {
+        "generated_line": GENERATED_LINE,
+        "version": __version__,
+        "spec_hash": spec_hash,
+        "template": MATRIX_FREE_MAIN_TEMPLATE,
+    }
+    template = environment().get_template(MATRIX_FREE_MAIN_TEMPLATE)
+    main = template.render(
+        name=layout.name, kind=kind, has_data=layout.has_data, classes=classes, header=header
+    )
+    files = {**files, "__main__.py": main}
+    files.update(_runtime_copies(MATRIX_FREE_RUNTIME_MODULES, spec_hash))
+    _check_syntax(files)
+    return files
+
+
+def _spec_hash(init_source: str) -> str:
+    """Return the spec hash that the header of a rendered `__init__.py` names."""
+    header = init_source.splitlines()[1]
+    _, marker, digest = header.rpartition(" spec sha256 ")
+    if not marker or not digest:
+        raise InternalError(f"the rendered __init__.py has no spec hash in its header: {header!r}")
+    return digest
 
 
 def generate(

@@ -2,7 +2,8 @@
 
 The solver runs in a virtual environment whose site-packages contains links to NumPy, Numba
 and llvmlite (Numba's own dependency) and nothing else, so an import of SymPy or dgcodegen
-inside the package would fail the test.
+inside the package would fail the test. Dense-loss, network and reverse-mode packages are
+each checked against `dgcodegen solve` on the same spec and data.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from conftest import EXAMPLES, GENERATED
 from dgcodegen.cli import main
 from dgcodegen.dsl import load_spec
 from dgcodegen.emit import render
+from dgcodegen.layout import Layout
 from dgcodegen.lower import lower
+from dgcodegen.runtime import MATRIX_FREE_RUNTIME_MODULES, generate, render_files
 
 STANDALONE_DISTRIBUTIONS = ("numpy", "numba", "llvmlite")
 
@@ -232,3 +235,192 @@ def test_load_rejects_second_package_of_same_name(tmp_path: Path) -> None:
     load_kernels(first)
     with pytest.raises(SpecError, match="a module named 'same_name' from .* is already imported"):
         load_kernels(second)
+
+
+NETWORK_SPEC = """
+import numpy as np
+import dgcodegen as dg
+
+generator = np.random.default_rng(3)
+x = generator.normal(size=(120, 4))
+label = (x[:, 0] + x[:, 1] ** 2 > 1.0).astype(float) + (x[:, 2] > 0.5)
+problem = dg.Network(
+    [dg.Dense(4, 5, "tanh"), dg.Dense(5, 3)],
+    weight_decay=0.01,
+    data={"x": x, "label": label},
+)
+"""
+"""A 4-5-3 tanh classifier of 43 parameters: small enough to compile in seconds."""
+
+REVERSE_SPEC = """
+import numpy as np
+import dgcodegen as dg
+
+w = dg.parameter("w", 3)
+x = dg.data("x", 3)
+y = dg.data("y")
+generator = np.random.default_rng(0)
+features = generator.normal(size=(40, 3))
+labels = np.where(features @ [1.0, -2.0, 0.5] > 0, 1.0, -1.0)
+problem = dg.Loss(
+    per_sample=dg.softplus(-y * w.dot(x)),
+    regularizer=w.dot(w) / 2,
+    data={"x": features, "y": labels},
+)
+"""
+"""A logistic loss of 3 parameters, which the tests give reverse-mode kernels."""
+
+
+def _numba_cache_environment() -> dict[str, str]:
+    """Pass this process's NUMBA_CACHE_DIR on, so a package run reuses the kernels compiled here.
+
+    Without it, both processes cache next to `kernels.py`, and share those entries as well.
+    """
+    configured = os.environ.get("NUMBA_CACHE_DIR")
+    return {"NUMBA_CACHE_DIR": configured} if configured else {}
+
+
+def _write_columns_csv(path: Path, layout: Layout, arrays: dict[str, np.ndarray]) -> None:
+    """Write data columns as CSV with the layout's field names, floats written exactly."""
+    columns = [np.asarray(arrays[name]) for name, _ in layout.columns]
+    table = np.column_stack([column.reshape(len(column), -1) for column in columns])
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(layout.field_names())
+        writer.writerows([repr(float(v)) for v in row] for row in table)
+
+
+@pytest.fixture(scope="module")
+def matrix_free_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a network and a reverse-mode package, their specs and data files.
+
+    `packages/standalone_network` is the package of `spec/standalone_network.py`, with its
+    data in `network.csv` and `network.npz`. `packages/standalone_reverse` is the reverse-mode
+    package of `spec/standalone_reverse.py`, with its data in `reverse.csv` and `reverse.npz`.
+    """
+    root = tmp_path_factory.mktemp("matrix_free")
+    specs = root / "spec"
+    packages = root / "packages"
+    specs.mkdir()
+    for name, text in (("standalone_network", NETWORK_SPEC), ("standalone_reverse", REVERSE_SPEC)):
+        (specs / f"{name}.py").write_text(text, encoding="utf-8")
+    network = load_spec(specs / "standalone_network.py")
+    arguments = ["-q", "generate", str(specs / "standalone_network.py")]
+    assert main([*arguments, "--out", str(packages / "standalone_network")]) == 0
+    loss = load_spec(specs / "standalone_reverse.py")
+    # `generate` picks reverse-mode kernels above 400 parameters only, so force them here.
+    generate(loss, packages / "standalone_reverse", reverse=True)
+    for label, problem in (("network", network), ("reverse", loss)):
+        _write_columns_csv(root / f"{label}.csv", problem.layout, problem.default_data)
+        np.savez(root / f"{label}.npz", **problem.default_data)
+    return root
+
+
+MATRIX_FREE_RUNS = [
+    ("network", "mean-value.csv", ["--method", "mean-value", "--step", "10"]),
+    (
+        "network",
+        "gonzalez.npz",
+        ["--method", "gonzalez", "--linear-solver", "krylov", "--preconditioner", "jacobi"]
+        + ["--schedule", "cycle", "--step", "0.1", "--growth", "10", "--max-step", "100"],
+    ),
+    ("network", "itoh-abe.csv", ["--method", "itoh-abe", "--step", "10"]),
+    ("reverse", "gonzalez.csv", ["--method", "gonzalez", "--step", "10", "--newton-rtol", "0.1"]),
+    ("reverse", "mean-value.npz", ["--method", "mean-value", "--linear-solver", "krylov"]),
+    ("reverse", "itoh-abe.npz", ["--method", "itoh-abe", "--step", "10"]),
+]
+"""(package, method and data file, options) of the runs compared with `dgcodegen solve`."""
+
+
+@pytest.mark.parametrize(("kind", "case", "options"), MATRIX_FREE_RUNS)
+def test_matrix_free_package_matches_solve(
+    numpy_numba_python: Path,
+    matrix_free_packages: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    case: str,
+    options: list[str],
+) -> None:
+    root = matrix_free_packages
+    name = f"standalone_{kind}"
+    data = root / f"{kind}.{case.rsplit('.', 1)[1]}"
+    options = [*options, "--max-steps", "5"]
+
+    reference_json = root / f"reference-{kind}-{case}.json"
+    solve = ["-q", "solve", str(root / "spec" / f"{name}.py"), "--data", str(data)]
+    solve += ["--out", str(root / "packages" / name)]
+    if kind == "reverse":
+        solve += ["--kernels", "reverse"]
+    assert main([*solve, *options, "--json", str(reference_json)]) == 3
+    reference_output = capsys.readouterr().out
+    reference = json.loads(reference_json.read_text())
+
+    out = root / f"package-{kind}-{case}.json"
+    command = ["-m", name, "-q", "--data", str(data), *options, "--json", str(out)]
+    result = _run(numpy_numba_python, command, root / "packages", **_numba_cache_environment())
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == ""
+    document = json.loads(out.read_text())
+    assert document["steps"] == reference["steps"] == 5
+    assert document["loss"] == reference["loss"]
+    assert document == reference, f"{kind} {case}: the JSON documents differ"
+    assert result.stdout.replace(str(out), "RUN") == reference_output.replace(
+        str(reference_json), "RUN"
+    )
+    if kind == "network":
+        assert 0.0 <= document["training_accuracy"] <= 1.0
+    else:
+        assert document["kernels"] == "reverse"
+
+
+def test_network_package_rejects_bad_input(
+    numpy_numba_python: Path, matrix_free_packages: Path
+) -> None:
+    root = matrix_free_packages
+    python = numpy_numba_python
+    packages = root / "packages"
+
+    def run(*arguments: str) -> subprocess.CompletedProcess:
+        command = ["-m", "standalone_network", "-q", *arguments]
+        return _run(python, command, packages, **_numba_cache_environment())
+
+    missing = run("--step", "1")
+    assert missing.returncode == 2
+    assert "the following arguments are required: --data" in missing.stderr
+
+    symmetric = run("--data", str(root / "network.npz"), "--method", "itoh-abe-symmetric")
+    assert symmetric.returncode == 2
+    assert "invalid choice: 'itoh-abe-symmetric'" in symmetric.stderr
+
+    arrays = dict(np.load(root / "network.npz"))
+    for label in (3.0, 0.5, -1.0):
+        arrays["label"][7] = label
+        bad = root / "bad-label.npz"
+        np.savez(bad, **arrays)
+        result = run("--data", str(bad))
+        assert result.returncode == 1
+        assert f"label {label!r} in sample 7 (counting from 0) is not a class" in result.stderr
+        assert "labels must be integers from 0 to 2" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    wrong_layout = run("--data", str(root / "reverse.csv"))
+    assert wrong_layout.returncode == 1
+    assert "has no field 'x[3]' for the column 'x'" in wrong_layout.stderr
+    assert "Traceback" not in wrong_layout.stderr
+
+    rtol = run("--data", str(root / "network.npz"), "--method", "itoh-abe", "--newton-rtol", "0.5")
+    assert rtol.returncode == 1
+    assert "remove --newton-rtol" in rtol.stderr
+
+
+def test_matrix_free_copies_match_sources(tmp_path: Path) -> None:
+    spec = tmp_path / "copied_network.py"
+    spec.write_text(NETWORK_SPEC, encoding="utf-8")
+    files = render_files(load_spec(spec))
+    sources = Path(__file__).resolve().parent.parent / "dgcodegen"
+    assert "__main__.py" in files
+    assert "template matrix_free_main.py.jinja" in files["__main__.py"].splitlines()[1]
+    for module in MATRIX_FREE_RUNTIME_MODULES:
+        copy = files[f"{module}.py"]
+        assert copy.endswith((sources / f"{module}.py").read_text(encoding="utf-8")), module
+        assert f"copied from dgcodegen/{module}.py" in copy.splitlines()[1], module

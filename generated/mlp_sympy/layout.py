@@ -220,9 +220,10 @@ def column_array(name: str, shape: Shape, values: Any) -> np.ndarray:
         array = array[:, 0]
     if array.ndim != 1 + len(shape) or array.shape[1:] != shape:
         want = "(n_samples,)" if shape == () else f"(n_samples, {shape[0]})"
-        declared = f"dg.data({name!r}{', ' + str(shape[0]) if shape else ''})"
+        entries = "one entry" if shape == () else f"{shape[0]} entries"
         raise SpecError(
-            f"data for {name!r} has shape {array.shape}, expected {want} as declared by {declared}"
+            f"data for {name!r} has shape {array.shape}, expected {want}: the spec declares "
+            f"the column {name!r} with {entries} per sample"
         )
     bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), size)).all(axis=1))
     if bad.size:

@@ -97,9 +97,10 @@ def softplus(z):
 @numba.njit(**OPTIONS)
 def sigmoid(z):
     """1 / (1 + exp(-z)) without overflow."""
+    # exp(-|z|) as in softplus, so that a kernel computing both of one argument can share it.
+    e = math.exp(-abs(z))
     if z >= 0.0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
+        return 1.0 / (1.0 + e)
     return e / (1.0 + e)
 
 
