@@ -85,7 +85,7 @@ def _write_breast_cancer_csv(path: Path) -> np.ndarray:
 
 
 def test_environment_lacks_sympy(numpy_numba_python: Path, tmp_path: Path) -> None:
-    for module in ("sympy", "dgcodegen", "jinja2"):
+    for module in ("sympy", "dgcodegen", "jinja2", "scipy"):
         result = _run(numpy_numba_python, ["-c", f"import {module}"], tmp_path)
         assert result.returncode != 0, f"{module} is importable in the NumPy-and-Numba venv"
     result = _run(numpy_numba_python, ["-c", "import numba, numpy"], tmp_path)
@@ -121,6 +121,26 @@ def test_standalone_matches_dgcodegen_solve(
         assert relative <= 1e-12, f"{data_file}: loss differs by {relative:.3e} relative"
         assert document["steps"] == reference["steps"]
         assert document == reference, f"{data_file}: the JSON documents differ"
+
+
+def test_standalone_gonzalez_without_scipy(
+    numpy_numba_python: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The Gonzalez kernels once called np.dot, which Numba compiles only with SciPy.
+    packages = tmp_path / "packages"
+    arguments = ["-q", "generate", str(EXAMPLES / "rosenbrock.py"), "--out"]
+    assert main([*arguments, str(packages / "rosenbrock_gonzalez")]) == 0
+    options = ["--method", "gonzalez", "--step", "0.01", "--max-steps", "20"]
+    reference_json = tmp_path / "reference.json"
+    solve = ["-q", "solve", str(EXAMPLES / "rosenbrock.py"), "--out", str(GENERATED / "rosenbrock")]
+    assert main([*solve, *options, "--json", str(reference_json)]) in (0, 3)
+    capsys.readouterr()
+
+    out = tmp_path / "standalone.json"
+    command = ["-m", "rosenbrock_gonzalez", "-q", *options, "--json", str(out)]
+    result = _run(numpy_numba_python, command, packages)
+    assert result.returncode in (0, 3), result.stderr
+    assert json.loads(out.read_text()) == json.loads(reference_json.read_text())
 
 
 def test_standalone_rejects_bad_input(numpy_numba_python: Path, tmp_path: Path) -> None:

@@ -483,12 +483,31 @@ def _combine_loss_gradient(theta, total):
 
 
 @numba.njit(**OPTIONS)
+def _dot(a, b):
+    """Sum of a[k] * b[k]. Numba compiles `np.dot` only where SciPy is installed, and the
+    standalone packages need NumPy and Numba alone."""
+    total = 0.0
+    for k in range(a.shape[0]):
+        total += a[k] * b[k]
+    return total
+
+
+@numba.njit(**OPTIONS)
+def _matvec(matrix, v):
+    """The product of a matrix and a vector, by `_dot` for the same reason."""
+    result = np.zeros(matrix.shape[0])
+    for i in range(matrix.shape[0]):
+        result[i] = _dot(matrix[i], v)
+    return result
+
+
+@numba.njit(**OPTIONS)
 def _combine_gonzalez_direct_dg(x, y, total):
     """grad V(m) + (V(y) - V(x) - grad V(m) . d) / |d|^2 d from totals [dV, grad V(m)]."""
     n = N_PARAMETERS
     d = y - x
     grad_m = total[1 : 1 + n]
-    correction = (total[0] - np.dot(grad_m, d)) / np.dot(d, d)
+    correction = (total[0] - _dot(grad_m, d)) / _dot(d, d)
     return grad_m + correction * d
 
 
@@ -505,13 +524,13 @@ def _combine_gonzalez_direct_jac(x, y, total):
     """H(m) / 2 + c I + d grad(c)^T from totals [dV, grad V(m), grad V(y), H(m)]."""
     n = N_PARAMETERS
     d = y - x
-    squared = np.dot(d, d)
+    squared = _dot(d, d)
     grad_m = total[1 : 1 + n]
     grad_y = total[1 + n : 1 + 2 * n]
     hess_m = total[1 + 2 * n :].reshape((n, n))
-    remainder = total[0] - np.dot(grad_m, d)
+    remainder = total[0] - _dot(grad_m, d)
     correction = remainder / squared
-    grad_correction = (grad_y - grad_m - 0.5 * (hess_m @ d)) / squared
+    grad_correction = (grad_y - grad_m - 0.5 * _matvec(hess_m, d)) / squared
     grad_correction -= (2.0 * remainder / (squared * squared)) * d
     return 0.5 * hess_m + correction * np.eye(n) + np.outer(d, grad_correction)
 
