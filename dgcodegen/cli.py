@@ -344,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     except DgcodegenError as error:
         return report_error("dgcodegen", error)
     except BrokenPipeError:
-        # The reader of stdout quit early, as `dgcodegen solve ... | head` does; any JSON file
-        # is already written. Point stdout at devnull so the exit flush raises nothing.
+        # The reader of stdout quit early, as `dgcodegen verify ... | head` does. Training
+        # commands handle this in `training.print_lines` and keep their exit code. Point
+        # stdout at devnull so the exit flush raises nothing.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

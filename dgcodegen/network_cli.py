@@ -35,7 +35,13 @@ from .krylov import (
 from .layout import Layout
 from .matrix_free import MATRIX_FREE_METHODS, MatrixFreeKernels
 from .stepper import ProgressCallback, SolveResult, StepperOptions, discrete_gradient_descent
-from .training import EXIT_NOT_CONVERGED, add_training_arguments, report, write_json
+from .training import (
+    EXIT_NOT_CONVERGED,
+    add_training_arguments,
+    print_lines,
+    report,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from .network import Network
@@ -235,15 +241,19 @@ def run_matrix_free(
     log.info("trained %r in %.2f s", name, time.perf_counter() - started)
     document = matrix_free_report(bound.layout, args.method, options, result, solver)
     document.update(entries or {})
-    print(f"{name}: {result.message}")
-    print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
+    lines = [
+        f"{name}: {result.message}",
+        f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}",
+    ]
     if classifier:
         accuracy = training_accuracy(bound, result.x)
         document["training_accuracy"] = accuracy
-        print(f"training accuracy {accuracy:.4f}")
+        lines.append(f"training accuracy {accuracy:.4f}")
+    # The JSON file comes first, so a reader of stdout that quits early loses no results.
     if args.json:
         write_json(document, args.json)
-        print(f"wrote {args.json}")
+        lines.append(f"wrote {args.json}")
+    print_lines(lines)
     return 0 if result.converged else EXIT_NOT_CONVERGED
 
 

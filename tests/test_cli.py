@@ -611,3 +611,21 @@ def test_solve_rejects_inapplicable_option(
     assert code == 1
     assert message in stderr
     assert stdout == ""
+
+
+def test_closed_stdout_keeps_json_and_exit_code(tmp_path: Path) -> None:
+    # A reader that quits early, as `| head` does, must not cost the JSON file or turn a
+    # run that did not converge into exit code 0.
+    out = tmp_path / "run.json"
+    command = [sys.executable, "-m", "dgcodegen", "solve", str(ROSENBROCK), "--max-steps", "2"]
+    process = subprocess.Popen(
+        [*command, "--step", "0.001", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 3, stderr.decode()
+    assert json.loads(out.read_text(encoding="utf-8"))["steps"] == 2
+    assert b"Traceback" not in stderr

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -330,14 +331,32 @@ def run_training(
     document = report(bound.layout, args.method, options, result)
     if args.solver == "coordinate":
         document["newton_rtol"] = None
-    print(f"{bound.layout.name}: {result.message}")
-    print(f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}")
-    for name, value in document["parameters"].items():
-        print(f"{name} = {value}")
+    # The JSON file comes first, so a reader of stdout that quits early loses no results.
     if args.json:
         write_json(document, args.json)
-        print(f"wrote {args.json}")
+    lines = [
+        f"{bound.layout.name}: {result.message}",
+        f"loss {result.loss:.15g} after {result.steps} steps, converged: {result.converged}",
+    ]
+    lines += [f"{name} = {value}" for name, value in document["parameters"].items()]
+    if args.json:
+        lines.append(f"wrote {args.json}")
+    print_lines(lines)
     return 0 if result.converged else EXIT_NOT_CONVERGED
+
+
+def print_lines(lines: list[str]) -> None:
+    """Print lines to stdout, and stop quietly when its reader has quit, as `head` does.
+
+    stdout then points at the null device, so the flush at exit raises nothing, and the
+    caller still returns the exit code of the run.
+    """
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def report_error(program: str, error: DgcodegenError) -> int:
