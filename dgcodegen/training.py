@@ -252,6 +252,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+DEFAULT_GROWTH = 2.0
+DEFAULT_MAX_STEP = 1e8
+"""Defaults of `--growth` and `--max-step`; a fixed schedule rejects other values."""
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the method, solver, step-size and output options of a training run."""
     parser.add_argument("--method", choices=METHODS, default="mean-value", help="discrete gradient")
@@ -272,8 +277,18 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep tau fixed; grow it by --growth after each accepted step up to --max-step; "
         "or cycle: grow it and restart from --step once it would pass --max-step",
     )
-    parser.add_argument("--growth", type=positive_float, default=2.0, help="growth factor of tau")
-    parser.add_argument("--max-step", type=positive_float, default=1e8, help="upper bound on tau")
+    parser.add_argument(
+        "--growth",
+        type=positive_float,
+        default=DEFAULT_GROWTH,
+        help="growth factor of tau in the grow and cycle schedules",
+    )
+    parser.add_argument(
+        "--max-step",
+        type=positive_float,
+        default=DEFAULT_MAX_STEP,
+        help="upper bound on tau in the grow and cycle schedules",
+    )
     parser.add_argument(
         "--tol",
         type=positive_float,
@@ -304,6 +319,21 @@ def check_training_arguments(args: argparse.Namespace) -> StepperOptions:
             "--solver coordinate solves each scalar equation to rounding instead; remove "
             "--newton-rtol"
         )
+    if args.schedule == "fixed":
+        changed = [
+            f"{flag} {value:g}"
+            for flag, value, default in (
+                ("--growth", args.growth, DEFAULT_GROWTH),
+                ("--max-step", args.max_step, DEFAULT_MAX_STEP),
+            )
+            if value != default
+        ]
+        if changed:
+            verb, pronoun = ("applies", "it") if len(changed) == 1 else ("apply", "them")
+            raise SpecError(
+                f"{' and '.join(changed)} only {verb} to --schedule grow or cycle, and the "
+                f"schedule is fixed; add --schedule grow or cycle, or remove {pronoun}"
+            )
     if args.json:
         check_output_path(args.json)
     tolerance = {} if args.newton_rtol is None else {"newton_rtol": args.newton_rtol}

@@ -629,3 +629,18 @@ def test_closed_stdout_keeps_json_and_exit_code(tmp_path: Path) -> None:
     assert process.returncode == 3, stderr.decode()
     assert json.loads(out.read_text(encoding="utf-8"))["steps"] == 2
     assert b"Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--growth", "3"], "--growth 3 only applies to --schedule grow or cycle"),
+        (["--max-step", "0.01"], "--max-step 0.01 only applies to --schedule grow or cycle"),
+    ],
+)
+def test_solve_rejects_schedule_options_of_fixed(
+    capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    code = main(["solve", str(ROSENBROCK), *options])
+    assert code != 0
+    assert message in capsys.readouterr().err

@@ -412,6 +412,21 @@ def test_solve_network_writes_json(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--method", "itoh-abe", "--linear-solver", "krylov"], "--linear-solver krylov does"),
+        (["--method", "itoh-abe", "--preconditioner", "jacobi"], "--preconditioner jacobi does"),
+        (["--linear-solver", "dense", "--preconditioner", "jacobi"], "uses dense Newton"),
+    ],
+)
+def test_solve_network_rejects_ignored_options(capsys, options: list[str], message: str) -> None:
+    # Checked before the kernels compile, so the run fails at once.
+    code = main(["solve", str(EXAMPLES / "mlp_digits.py"), *options])
+    assert code != 0
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("arguments", "message"),
     [
         ({"layers": [dg.Dense(3, 4), dg.Dense(5, 2)]}, "layer 2 takes 5 inputs"),

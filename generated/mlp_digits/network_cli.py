@@ -135,6 +135,30 @@ def compile_kernels(bound: MatrixFreeKernels) -> None:
     log.info("compiled kernels in %.2f s", time.perf_counter() - started)
 
 
+def check_solver_options(args: argparse.Namespace, n: int) -> None:
+    """Reject `--linear-solver` and `--preconditioner` where the run would ignore them."""
+    if args.method == "itoh-abe":
+        for flag, value, default in (
+            ("--linear-solver", args.linear_solver, "auto"),
+            ("--preconditioner", args.preconditioner, "none"),
+        ):
+            if value != default:
+                raise SpecError(
+                    f"{flag} {value} does not apply to --method itoh-abe, which solves one "
+                    "scalar equation per coordinate; remove it"
+                )
+        return
+    dense = args.linear_solver == "dense" or (
+        args.linear_solver == "auto" and n <= DENSE_NEWTON_LIMIT
+    )
+    if dense and args.preconditioner != "none":
+        raise SpecError(
+            f"--preconditioner {args.preconditioner} applies to the Krylov solves of "
+            f"Newton-Krylov, and this run of {n} parameters uses dense Newton; remove it or "
+            "add --linear-solver krylov"
+        )
+
+
 def pick_linear_solver(n: int, requested: str) -> str:
     """Return "dense" or "krylov" for a problem of n parameters, and log the choice."""
     if requested == "auto":
@@ -236,6 +260,7 @@ def run_matrix_free(
         classifier: add the training accuracy of a softmax cross-entropy network.
         entries: further entries of the JSON document, such as the kernels used.
     """
+    check_solver_options(args, bound.n)
     name = bound.layout.name
     krylov = KrylovOptions(preconditioner=args.preconditioner)
     started = time.perf_counter()
@@ -268,6 +293,7 @@ def solve_network(
     """Run `dgcodegen solve` on a network spec and return the exit code."""
     from .runtime import compile_network
 
+    check_solver_options(args, network.size)
     data = network.layout.read_data(args.data) if args.data else None
     if data is not None:
         data = network.validate_data(data)
