@@ -72,10 +72,10 @@ def build(description, counter=[0]):  # noqa: B006 - a counter of built problems
     return dg.Loss(objective=objective, name=f"property{counter[0]}")
 
 
-# Each example generates and compiles its own kernels, about 10 s, so four examples keep
+# Each example generates and compiles its own kernels, about 10 s, so three examples keep
 # the suite near its 10-minute budget.
 @settings(
-    max_examples=4,
+    max_examples=3,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
