@@ -274,7 +274,7 @@ def _lbfgs_row(loss_gradient, kernels, x0, test, target, budget) -> TrainingRow:
         options={"maxfun": budget, "maxiter": budget, "ftol": 0.0, "gtol": 0.0},
     )  # fmt: skip
     # Line searches evaluate points that are not accepted, so the trace keeps the lowest
-    # loss so far; the time to target is when an evaluation first reached it.
+    # loss so far. The time to target is when an evaluation first reached it.
     best = list(np.minimum.accumulate(losses))
     reached = next((t for t, value in zip(seconds, best) if value <= target), None)
     return TrainingRow(

@@ -21,11 +21,14 @@ from .system_cli import (
     solve_system,
 )
 from .training import (
+    DEFAULT_GROWTH,
+    DEFAULT_MAX_STEP,
     EXIT_INVALID_INPUT,
     EXIT_NOT_CONVERGED,
     METHODS,
     add_training_arguments,
     report_error,
+    silence_stdout,
 )
 
 log = logging.getLogger("dgcodegen")
@@ -232,8 +235,8 @@ def _check_generated(problem, out: Path, reverse: bool = False) -> int:  # noqa:
 LOSS_ONLY_OPTIONS = (
     ("--data", "data", None),
     ("--schedule", "schedule", "fixed"),
-    ("--growth", "growth", 2.0),
-    ("--max-step", "max_step", 1e8),
+    ("--growth", "growth", DEFAULT_GROWTH),
+    ("--max-step", "max_step", DEFAULT_MAX_STEP),
     ("--tol", "tol", 1e-8),
     ("--max-steps", "max_steps", 1000),
     ("--newton-rtol", "newton_rtol", None),
@@ -345,9 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_error("dgcodegen", error)
     except BrokenPipeError:
         # The reader of stdout quit early, as `dgcodegen verify ... | head` does. Training
-        # commands handle this in `training.print_lines` and keep their exit code. Point
-        # stdout at devnull so the exit flush raises nothing.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # commands handle this in `training.print_lines` and keep their exit code.
+        silence_stdout()
         return 0
 
 

@@ -379,7 +379,7 @@ def test_generated_source_ignores_hash_seed() -> None:
 
 def test_render_cache_reuses_rendering(tmp_path, monkeypatch) -> None:
     # The second rendering of the same loss reads the cache instead of deriving again, and
-    # gives the same files; a changed loss or a corrupt entry renders afresh.
+    # gives the same files. A changed loss or a corrupt entry renders afresh.
     from dgcodegen import reverse_emit
 
     monkeypatch.setenv("DGCODEGEN_CACHE", str(tmp_path))

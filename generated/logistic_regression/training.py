@@ -386,7 +386,12 @@ def print_lines(lines: list[str]) -> None:
             print(line)
         sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device, so that writes and the flush at exit raise nothing."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def report_error(program: str, error: DgcodegenError) -> int:
